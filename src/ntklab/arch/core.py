@@ -1,0 +1,121 @@
+"""The layer spec: one description of an architecture, three things derived from it.
+
+Every layer is a small frozen dataclass that knows how to
+
+* compute its output shape from its input shape (``out_shape``),
+* build its torch module in ``ntk`` or ``standard`` parameterization (``module``),
+* propagate infinite-width NNGP/NTK kernels (``kernel_map``, see ``ntklab.kernels.infinite``).
+
+A :class:`Spec` is a sequence of layers (``serial``); it builds the ``nn.Module`` and the
+infinite-width ``kernel_fn`` from the same fields, so the network, its eNTK and its NTK cannot
+drift apart (the idea of neural-tangents' ``stax``).
+
+Shapes are torch layout without the batch axis: ``(D,)``, ``(C, L)``, ``(C, H, W)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from ntklab.errors import ArchError
+
+if TYPE_CHECKING:
+    from ntklab.kernels.infinite import KernelState
+
+Shape = tuple[int, ...]
+
+
+class Layer:
+    """Base class of every layer of the spec.
+
+    Subclasses are frozen dataclasses; they implement :meth:`out_shape` and :meth:`module`
+    and, for the infinite-width kernels, :meth:`kernel_map`.
+    """
+
+    name: str = "Layer"
+
+    def out_shape(self, in_shape: Shape) -> Shape:
+        """Output shape (no batch axis) for an input of shape ``in_shape``."""
+        raise NotImplementedError
+
+    def module(self, in_shape: Shape, generator: torch.Generator) -> nn.Module:
+        """Build the torch module for inputs of shape ``in_shape``, initialised from ``generator``."""
+        raise NotImplementedError
+
+    def kernel_map(self, state: KernelState) -> KernelState:
+        """Propagate the infinite-width kernels through this layer."""
+        raise ArchError(f"layer {self.name} has no infinite-width kernel map; use layers that do.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The layer dictionary (config format) that rebuilds this layer."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A serial composition of layers; the single source of the network and its kernels.
+
+    Parameters
+    ----------
+    layers : tuple of Layer
+        Applied in order.
+    """
+
+    layers: tuple[Layer, ...]
+
+    def shapes(self, input_shape: Sequence[int]) -> list[Shape]:
+        """Input shape of every layer followed by the output shape (len = len(layers) + 1)."""
+        shape: Shape = tuple(int(s) for s in input_shape)
+        out = [shape]
+        for i, layer in enumerate(self.layers):
+            try:
+                shape = layer.out_shape(shape)
+            except ArchError as err:
+                raise ArchError(f"layer {i} ({layer.name}): {err}") from None
+            out.append(shape)
+        return out
+
+    def out_shape(self, input_shape: Sequence[int]) -> Shape:
+        """Output shape (no batch axis) for one input of shape ``input_shape``."""
+        return self.shapes(input_shape)[-1]
+
+    def module(self, input_shape: Sequence[int], seed: int = 0) -> nn.Sequential:
+        """Build the network for inputs of shape ``(N, *input_shape)``, initialised from ``seed``.
+
+        The same spec and seed always give the same parameters (float32).
+        """
+        shapes = self.shapes(input_shape)
+        gen = torch.Generator().manual_seed(int(seed))
+        mods = [layer.module(shapes[i], gen) for i, layer in enumerate(self.layers)]
+        return nn.Sequential(*mods)
+
+    def kernel_fn(self, x1: torch.Tensor, x2: torch.Tensor | None = None, **kwargs: Any):
+        """Infinite-width NNGP/NTK kernels of this architecture; see ``ntklab.kernels.infinite``."""
+        from ntklab.kernels.infinite import kernel_fn
+
+        return kernel_fn(self, x1, x2, **kwargs)
+
+    def to_layers(self) -> list[dict[str, Any]]:
+        """Layer dictionaries (config format) describing this spec."""
+        return [layer.to_dict() for layer in self.layers]
+
+    def __add__(self, other: Spec) -> Spec:
+        return Spec(self.layers + other.layers)
+
+
+def serial(*layers: Layer | Spec) -> Spec:
+    """Compose layers (or specs) in order: ``serial(Dense(512), Relu(), Dense(10))``."""
+    flat: list[Layer] = []
+    for item in layers:
+        if isinstance(item, Spec):
+            flat.extend(item.layers)
+        elif isinstance(item, Layer):
+            flat.append(item)
+        else:
+            raise ArchError(f"serial() takes layers or specs; got {type(item).__name__}.")
+    return Spec(tuple(flat))

@@ -1,0 +1,136 @@
+"""Command line: ``ntklab run``, ``ntklab config show``, ``ntklab status``.
+
+User mistakes (config, data, shapes, run directories) print one sentence and exit with 2,
+without a traceback; completed units stay cached, so a re-run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from ntklab.errors import NtkLabError
+
+
+def exponent_table(summary: dict[str, Any]) -> str:
+    """The exponent table printed at the end of a run."""
+    exps = summary.get("exponents", {})
+    lines = [f"{'method':<24} {'alpha':>8}   {'95% CI':<20}"]
+    for m, e in exps.items():
+        lines.append(f"{m:<24} {e['alpha']:>8.3f}   [{e['ci_low']:.3f}, {e['ci_high']:.3f}]")
+    if not exps:
+        lines.append("(no exponents: fewer than two grid points finished)")
+    return "\n".join(lines)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ntklab.config import load_config
+    from ntklab.run.executors import make_executor
+    from ntklab.run.runner import default_out, run_experiment
+
+    cfg = load_config(args.config, args.set)
+    out = Path(args.out) if args.out else default_out(cfg)
+    executor = make_executor(args.executor, args.address)
+    summary = run_experiment(
+        cfg,
+        out,
+        executor=executor,
+        retry_failed=args.retry_failed,
+        progress=None if not args.quiet else False,
+    )
+    print(f"\n{cfg.experiment} on {cfg.data.name} ({cfg.arch.name}), {summary['seconds']:.1f} s -> {out}")
+    if summary["failed_units"]:
+        print(f"{len(summary['failed_units'])} unit(s) failed (re-run with --retry-failed):")
+        for f in summary["failed_units"]:
+            print(f"  {f['unit']}: {f['error']}")
+    print(f"scaling exponents of {summary['metric']} (L ~ a n^-alpha):")
+    print(exponent_table(summary))
+    return 1 if summary["failed_units"] else 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    from ntklab.config import load_config, to_toml
+
+    print(to_toml(load_config(args.config, args.set)), end="")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from ntklab import experiments
+    from ntklab.config import load_config
+    from ntklab.run.runner import unit_status
+    from ntklab.run.store import Store
+
+    run_dir = Path(args.run_dir)
+    meta = run_dir / "run.json"
+    if not meta.is_file():
+        raise NtkLabError(f"{run_dir} is not an ntklab run directory (no run.json).")
+    cfg = load_config(run_dir / "config.toml")
+    store = Store(json.loads(meta.read_text())["store"])
+    status = unit_status(experiments.get(cfg.experiment).plan(cfg), store)
+    for s in status:
+        print(f"{s['status']:<8} {s['kind']:<10} {s['label']}")
+    counts = {k: sum(s["status"] == k for s in status) for k in ("done", "missing", "failed")}
+    print(f"{counts['done']} done, {counts['missing']} missing, {counts['failed']} failed")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ntklab", description="Does the NTK explain how my network generalizes?")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def config_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("config", nargs="?", help="TOML config (default: the built-in data-scaling config)")
+        sp.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config field, e.g. data.n_max=1024",
+        )
+
+    run = sub.add_parser("run", help="run an experiment")
+    config_args(run)
+    run.add_argument("--out", help="run directory (default runs/EXPERIMENT-DIGEST)")
+    run.add_argument("--executor", default="local", choices=["local", "ray"])
+    run.add_argument("--address", default=None, help="Ray cluster address: auto or HOST:PORT")
+    run.add_argument("--retry-failed", action="store_true", help="re-run units that failed before")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    run.set_defaults(func=cmd_run)
+
+    cfg = sub.add_parser("config", help="config tools")
+    csub = cfg.add_subparsers(dest="config_command", required=True)
+    show = csub.add_parser("show", help="print the resolved config")
+    config_args(show)
+    show.set_defaults(func=cmd_config_show)
+
+    st = sub.add_parser("status", help="done / missing units of a run directory")
+    st.add_argument("run_dir")
+    st.set_defaults(func=cmd_status)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except NtkLabError as err:
+        print(f"ntklab: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(
+            "ntklab: interrupted; finished units are cached, run the same command again to resume.",
+            file=sys.stderr,
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,319 @@
+"""Typed experiment configs (pydantic), loaded from TOML, with one-sentence errors.
+
+Every field has a default and a range. The top-level key ``experiment`` selects the config class
+(and so the defaults): ``data-scaling`` (default), ``width-scaling``, ``pretrained-kernel``,
+``kernel-evolution``. ``--set dotted.key=value`` overrides are applied to the raw dictionary
+before validation, so they are checked exactly like the file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import tomli_w
+import tomllib
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ntklab.errors import ConfigError
+
+PositiveInt = Annotated[int, Field(ge=1)]
+DATASETS = ("mnist1d", "digits", "cifar10", "cifar5m", "svhn", "mnist", "fashion-mnist", "npz")
+Ridge = Annotated[float, Field(ge=0)]
+
+
+class Section(BaseModel):
+    """A config table: unknown keys and wrong types are errors."""
+
+    model_config = ConfigDict(extra="forbid", strict=False, validate_default=True)
+
+
+class DataConfig(Section):
+    """Dataset, splits and preprocessing."""
+
+    name: str = "mnist1d"  # registry name: mnist1d, digits, cifar10, cifar5m, svhn, mnist, fashion-mnist
+    path: str | None = None  # where the user keeps files for on-disk datasets
+    num_samples: Annotated[int, Field(ge=100, le=1_000_000)] = 25_000  # mnist1d: generated (80% train)
+    n_min: Annotated[int, Field(ge=2)] = 64  # smallest training-set size of the n grid
+    n_max: Annotated[int, Field(ge=2)] = 4096  # largest; the grid is n_min·factor^k up to n_max
+    grid_factor: Annotated[float, Field(gt=1, le=16)] = 2.0
+    n_val: Annotated[int, Field(ge=0)] = 256  # validation split carved from the training pool
+    n_test: Annotated[int, Field(ge=1)] | None = 1000  # first n_test of the fixed test set (None = all)
+    classes: list[int | list[int]] | None = None  # class subset; each entry a label or a group
+    standardize: Literal["feature", "channel", "none"] = "feature"
+    zca: Annotated[float, Field(gt=0)] | None = None  # ZCA regularization strength (images)
+    seed: Annotated[int, Field(ge=0)] = 0  # the pool permutation (nested subsets)
+
+    @model_validator(mode="after")
+    def _grid(self) -> DataConfig:
+        if self.name not in DATASETS:
+            close = difflib.get_close_matches(self.name, DATASETS, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ValueError(
+                f"unknown dataset data.name = {self.name!r}{hint}; allowed: {', '.join(DATASETS)}"
+            )
+        if self.name not in ("mnist1d", "digits") and self.path is None:
+            raise ValueError(f"dataset {self.name} is read from disk: set data.path to where its files are")
+        if self.n_min > self.n_max:
+            raise ValueError(f"data.n_min ({self.n_min}) must be at most data.n_max ({self.n_max})")
+        if self.classes is not None and len(self.classes) < 2:
+            raise ValueError("data.classes must name at least 2 classes")
+        return self
+
+    def n_grid(self) -> list[int]:
+        """Geometric grid n_min · factor^k (rounded), ending exactly at n_max."""
+        k = math.floor(math.log(self.n_max / self.n_min) / math.log(self.grid_factor) + 1e-9)
+        grid = sorted({round(self.n_min * self.grid_factor**i) for i in range(k + 1)} | {self.n_max})
+        return grid
+
+
+class ArchConfig(Section):
+    """The architecture: a zoo model or explicit layer dictionaries."""
+
+    name: Literal["mlp", "cnn1d", "myrtle"] = "cnn1d"
+    depth: Annotated[int, Field(ge=1, le=64)] = 3
+    width: Annotated[int, Field(ge=1, le=65_536)] = 32
+    W_std: Annotated[float, Field(gt=0)] = 2**0.5
+    b_std: Annotated[float, Field(ge=0)] | None = 0.1
+    parameterization: Literal["ntk", "standard"] = "ntk"
+    layers: list[dict[str, Any]] | None = None  # overrides name/depth/width when given
+
+
+class TrainConfig(Section):
+    """Network training."""
+
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: Annotated[float, Field(gt=0, le=100)] = 0.5
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    loss: Literal["mse", "cross-entropy"] = "mse"
+    batch_size: Annotated[int, Field(ge=1)] = 128
+    steps: Annotated[int, Field(ge=0)] | None = 1500  # total optimizer steps ...
+    epochs: Annotated[float, Field(gt=0)] | None = None  # ... or epochs (then steps must be unset)
+    schedule: Literal["constant", "cosine", "step"] = "cosine"
+    step_milestones: list[Annotated[float, Field(gt=0, lt=1)]] = [0.5, 0.75]  # fractions of training
+    step_gamma: Annotated[float, Field(gt=0, le=1)] = 0.1
+    warmup_steps: Annotated[int, Field(ge=0)] = 0
+    center_output: bool = False  # train f - f0 (f0 the network at init)
+    precision: Literal["float32", "bf16-mixed"] = "float32"  # mixed precision only when asked
+
+    @model_validator(mode="after")
+    def _length(self) -> TrainConfig:
+        if self.epochs is not None:
+            self.steps = None
+        return self
+
+    def total_steps(self, n: int) -> int:
+        """Optimizer steps for a training set of n samples."""
+        if self.epochs is not None:
+            return max(1, math.ceil(self.epochs * n / min(self.batch_size, n)))
+        return int(self.steps or 0)
+
+
+class KernelConfig(Section):
+    """eNTK computation and kernel ridge regression."""
+
+    mode: Literal["trace", "full", "logit-sum", "single"] = "trace"
+    output_index: Annotated[int, Field(ge=0)] | None = None
+    memory_budget_mb: Annotated[int, Field(ge=16)] = 2048
+    ridges: list[Ridge] = [0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0]  # λ in λ·tr(K)/n
+    ridge: Ridge | None = None  # fixed λ; None chooses from `ridges` on the validation split
+
+
+class FitConfig(Section):
+    """Power-law fits of test loss against n."""
+
+    metric: Literal["test_mse", "test_error"] = "test_mse"
+    offset: bool = False  # fit L = a n^-α + c instead of L = a n^-α
+    bootstrap: Annotated[int, Field(ge=10, le=100_000)] = 1000
+    ci: Annotated[float, Field(gt=0, lt=1)] = 0.95
+
+
+class BaseExperiment(Section):
+    """Fields shared by every experiment."""
+
+    experiment: str
+    seed: Annotated[int, Field(ge=0)] = 0  # every random choice derives from this
+    seeds: Annotated[int, Field(ge=1, le=1000)] = 3  # repetitions (init and batch order)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    data: DataConfig = DataConfig()
+    arch: ArchConfig = ArchConfig()
+    train: TrainConfig = TrainConfig()
+    kernel: KernelConfig = KernelConfig()
+    fit: FitConfig = FitConfig()
+    methods: list[Literal["nn", "entk", "ntk", "nngp"]] = ["nn", "entk"]
+
+    def digest(self) -> str:
+        """A short hash of the resolved config."""
+        text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+class DataScalingConfig(BaseExperiment):
+    """Test loss vs n for the network and kernel regression with its kernels."""
+
+    experiment: Literal["data-scaling"] = "data-scaling"
+
+
+class WidthScalingConfig(BaseExperiment):
+    """Data scaling at several widths, and eNTK-to-NTK distance vs width."""
+
+    experiment: Literal["width-scaling"] = "width-scaling"
+    widths: list[PositiveInt] = [16, 32, 64, 128, 256, 512]
+    probe_size: PositiveInt = 256  # inputs on which eNTK→NTK distance is measured
+    methods: list[Literal["nn", "entk", "ntk", "nngp"]] = ["nn", "entk", "ntk"]
+
+
+class PretrainedConfig(Section):
+    """The after-kernel: eNTK after training on n0 samples."""
+
+    n0: list[PositiveInt] = [1024]
+    epochs: Annotated[float, Field(gt=0)] | None = None  # pre-training length; None = train.steps
+    grow: bool = True  # also the variant pre-trained on the same n as the regression
+
+
+class PretrainedKernelConfig(BaseExperiment):
+    """Kernel regression with the eNTK after training on n0 samples."""
+
+    experiment: Literal["pretrained-kernel"] = "pretrained-kernel"
+    pretrained: PretrainedConfig = PretrainedConfig()
+    methods: list[Literal["nn", "entk", "ntk", "nngp"]] = ["nn", "entk", "ntk"]
+
+
+class EvolutionConfig(Section):
+    """Checkpoints and probe set of the kernel-evolution experiment."""
+
+    n: PositiveInt = 4096  # training-set size
+    n_checkpoints: Annotated[int, Field(ge=2, le=1000)] = 16  # log-spaced, incl. 0 and the end
+    checkpoint_steps: list[Annotated[int, Field(ge=0)]] | None = None  # explicit steps instead
+    probe_train: PositiveInt = 512
+    probe_test: PositiveInt = 512
+    top_eigenvalues: PositiveInt = 10
+
+
+class KernelEvolutionConfig(BaseExperiment):
+    """How the eNTK moves during training."""
+
+    experiment: Literal["kernel-evolution"] = "kernel-evolution"
+    evolution: EvolutionConfig = EvolutionConfig()
+    seeds: Annotated[int, Field(ge=1, le=1000)] = 1
+
+
+EXPERIMENTS: dict[str, type[BaseExperiment]] = {
+    "data-scaling": DataScalingConfig,
+    "width-scaling": WidthScalingConfig,
+    "pretrained-kernel": PretrainedKernelConfig,
+    "kernel-evolution": KernelEvolutionConfig,
+}
+
+AnyConfig = DataScalingConfig | WidthScalingConfig | PretrainedKernelConfig | KernelEvolutionConfig
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _allowed_keys(cls: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the section at ``loc`` (for 'did you mean')."""
+    model: Any = cls
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return list(model.model_fields)
+
+
+def _describe(err: dict[str, Any], cls: type[BaseModel]) -> str:
+    """One sentence for the first pydantic error: the key, the value, what is allowed."""
+    loc = tuple(
+        p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "constrained-")))
+    )
+    loc = tuple(p for p in loc if p not in ("int", "float", "list[...]", "str", "none", "dict[str,any]"))
+    key = ".".join(str(p) for p in loc) or "config"
+    kind = err["type"]
+    value = err.get("input")
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(cls, loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f" (did you mean {'.'.join(map(str, loc[:-1] + (close[0],)))}?)" if close else ""
+        return f"unknown config key {key}{hint}; allowed keys here: {', '.join(allowed)}."
+    msg = err["msg"].replace("Input should be", "must be").replace("Value error, ", "")
+    if kind == "value_error":
+        return f"{msg}."
+    return f"config key {key} {msg[0].lower() + msg[1:] if msg.startswith('Input') else msg}; got {value!r}."
+
+
+def _parse_value(text: str) -> Any:
+    """A --set value: a TOML value when it parses as one, else a plain string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``dotted.key=value`` overrides to a raw config dictionary (copied)."""
+    out = json.loads(json.dumps(raw))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set takes dotted.key=value; got {item!r}.")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: {part} is not a table.")
+        node[parts[-1]] = _parse_value(text.strip())
+    return out
+
+
+def validate(raw: dict[str, Any]) -> AnyConfig:
+    """Validate a raw dictionary into the config class its ``experiment`` names."""
+    name = raw.get("experiment", "data-scaling")
+    if name not in EXPERIMENTS:
+        close = difflib.get_close_matches(str(name), list(EXPERIMENTS), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"unknown experiment {name!r}{hint}; allowed: {', '.join(EXPERIMENTS)}.")
+    cls = EXPERIMENTS[name]
+    try:
+        return cls.model_validate({**raw, "experiment": name})
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc.errors()[0], cls)) from None
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config file; a missing or malformed file is a one-sentence ConfigError."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist.")
+    try:
+        return tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {p} is not valid TOML: {exc}.") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {p} is not a text (UTF-8) TOML file.") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> AnyConfig:
+    """The resolved config: the built-in defaults, then the file, then ``--set`` overrides."""
+    raw = read_toml(path) if path is not None else {}
+    return validate(apply_overrides(raw, overrides or []))
+
+
+def to_toml(cfg: BaseModel) -> str:
+    """The resolved config as TOML (None values are left out: they mean 'default/unset')."""
+    return tomli_w.dumps(_drop_none(cfg.model_dump(mode="json")))
+
+
+def _drop_none(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _drop_none(v) for k, v in obj.items() if v is not None}
+    if isinstance(obj, list):
+        return [_drop_none(v) for v in obj]
+    return obj

@@ -1,0 +1,559 @@
+"""Readers for CIFAR-10 (official python format) and CIFAR-5m (``part*.npz``).
+
+Both readers return uint8 images in torch layout (N, 3, 32, 32) and int64 labels; turning them
+into float32 and a :class:`~ntklab.data.raw.RawDataset` is the job of :mod:`ntklab.data.images`.
+
+CIFAR-10 (Krizhevsky, 2009) ships as ``cifar-10-python.tar.gz`` holding a folder
+``cifar-10-batches-py/`` with ``data_batch_1`` ... ``data_batch_5``, ``test_batch`` and
+``batches.meta``. Each batch is a Python-2 pickle of a dict with ``b"data"`` (uint8, shape
+(N, 3072): 1024 red, 1024 green, then 1024 blue values, each a row-major 32x32 plane) and
+``b"labels"`` (N ints in 0..9). The pickles are read with a restricted unpickler that only
+resolves the few numpy names an ndarray needs, so a hostile file cannot run code.
+
+CIFAR-5m (Nakkiran et al., 2021) is a folder of ``part0.npz`` ... ``part5.npz``, each holding
+``X`` (uint8, shape (N, 32, 32, 3)) and ``Y`` (N integer labels). Only the rows that are needed
+are read from each ``.npy`` member of the zip archive: a stored (uncompressed) member is read by
+seeking straight to the rows, a compressed one is decompressed only up to them.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import pickle
+import re
+import struct
+import tarfile
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ntklab.errors import DataError
+
+CIFAR10_CLASS_NAMES: tuple[str, ...] = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+"""The official CIFAR-10 label names, index = label (used when ``batches.meta`` is absent)."""
+
+CIFAR10_FOLDER = "cifar-10-batches-py"
+CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
+_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+_TEST_BATCH = "test_batch"
+_META = "batches.meta"
+_ALL_FILES = (*_TRAIN_BATCHES, _TEST_BATCH, _META)
+_EXPECTED = (
+    f"expected a folder {CIFAR10_FOLDER} with data_batch_1..5 and test_batch, "
+    f"or {CIFAR10_ARCHIVE}"
+)
+
+# The only globals a pickled dict of ndarrays, lists and bytes refers to. The official
+# Python-2 files use _reconstruct, ndarray and dtype; Python-3 re-pickles also use
+# _codecs.encode (bytes, protocol 2) or _frombuffer (arrays, protocol 5); numpy 2 spells
+# numpy.core as numpy._core.
+_ALLOWED_GLOBALS = frozenset(
+    {
+        ("_codecs", "encode"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+)
+
+ReadMember = Callable[[str], bytes | None]
+"""Return the bytes of one CIFAR-10 file by base name, or None when it is absent."""
+
+
+class _ArrayOnlyUnpickler(pickle.Unpickler):
+    """Unpickler that resolves only the numpy names needed to rebuild an ndarray."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
+        return super().find_class(module, name)
+
+
+def _unpickle(raw: bytes, label: str) -> dict[str, Any]:
+    """Unpickle one CIFAR-10 file into a dict with str keys.
+
+    Parameters
+    ----------
+    raw : bytes
+        The file's content.
+    label : str
+        How to name the file in error messages.
+
+    Returns
+    -------
+    dict
+        The unpickled dict, its bytes keys decoded to str.
+
+    Raises
+    ------
+    DataError
+        If the bytes are not a complete pickle of a dict.
+    """
+    try:
+        obj = _ArrayOnlyUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except Exception as exc:  # noqa: BLE001 - unpickling arbitrary bytes can raise anything
+        raise DataError(
+            f"CIFAR-10 file {label} is truncated or not a CIFAR-10 python batch "
+            f"(unpickling failed: {type(exc).__name__})."
+        ) from None
+    if not isinstance(obj, dict):
+        raise DataError(
+            f"CIFAR-10 file {label} is not a CIFAR-10 python batch: it holds a "
+            f"{type(obj).__name__}, not a dict."
+        )
+    return {
+        k.decode("latin1") if isinstance(k, bytes) else str(k): v
+        for k, v in obj.items()
+    }
+
+
+def parse_cifar10_batch(raw: bytes, label: str) -> tuple[np.ndarray, np.ndarray]:
+    """Decode one CIFAR-10 data or test batch.
+
+    Parameters
+    ----------
+    raw : bytes
+        Content of ``data_batch_k`` or ``test_batch``.
+    label : str
+        How to name the file in error messages.
+
+    Returns
+    -------
+    x : np.ndarray, uint8, shape (N, 3, 32, 32)
+        Images, channels R, G, B.
+    y : np.ndarray, int64, shape (N,)
+        Labels in 0..9.
+
+    Raises
+    ------
+    DataError
+        If the file is truncated, of another kind, or has the wrong shapes or labels.
+    """
+    batch = _unpickle(raw, label)
+    if "fine_labels" in batch:
+        raise DataError(
+            f"CIFAR-10 file {label} is a CIFAR-100 batch (it has fine_labels), not a "
+            "CIFAR-10 batch."
+        )
+    if "data" not in batch or "labels" not in batch:
+        raise DataError(
+            f"CIFAR-10 file {label} is not a CIFAR-10 python batch: it has keys "
+            f"{sorted(batch)}, expected data and labels."
+        )
+    data = batch["data"]
+    if not (
+        isinstance(data, np.ndarray)
+        and data.dtype == np.uint8
+        and data.ndim == 2
+        and data.shape[1] == 3 * 32 * 32
+    ):
+        shape = getattr(data, "shape", None)
+        dtype = getattr(data, "dtype", type(data).__name__)
+        raise DataError(
+            f"CIFAR-10 file {label} has data of shape {shape} and type {dtype}; "
+            "expected a uint8 array of shape (N, 3072)."
+        )
+    labels = np.asarray(batch["labels"])
+    n = data.shape[0]
+    if labels.shape != (n,) or (n > 0 and labels.dtype.kind not in "iu"):
+        raise DataError(
+            f"CIFAR-10 file {label} has labels of shape {labels.shape} and dtype "
+            f"{labels.dtype}; expected {n} integers, one per image."
+        )
+    labels = labels.astype(np.int64)
+    if n > 0 and (labels.min() < 0 or labels.max() > 9):
+        raise DataError(
+            f"CIFAR-10 file {label} has labels in {labels.min()}..{labels.max()}; "
+            "expected labels in 0..9."
+        )
+    return data.reshape(n, 3, 32, 32), labels
+
+
+def parse_cifar10_meta(raw: bytes, label: str) -> tuple[str, ...]:
+    """Decode ``batches.meta`` into the ten class names.
+
+    Parameters
+    ----------
+    raw : bytes
+        Content of ``batches.meta``.
+    label : str
+        How to name the file in error messages.
+
+    Returns
+    -------
+    tuple of str
+        The label names, index = label.
+
+    Raises
+    ------
+    DataError
+        If the file is not a CIFAR-10 meta file with ten label names.
+    """
+    meta = _unpickle(raw, label)
+    names = meta.get("label_names")
+    if not isinstance(names, list | tuple) or len(names) != 10:
+        raise DataError(
+            f"CIFAR-10 file {label} is not a CIFAR-10 batches.meta: expected a list of "
+            "10 label_names."
+        )
+    try:
+        return tuple(
+            n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names
+        )
+    except UnicodeDecodeError:
+        raise DataError(
+            f"CIFAR-10 file {label} has label_names that are not valid UTF-8 text."
+        ) from None
+
+
+@contextmanager
+def _open_tar(archive: Path) -> Iterator[ReadMember]:
+    """Serve CIFAR-10 files from a tar archive by base name, without extracting to disk."""
+    try:
+        tar = tarfile.open(archive, mode="r:*")  # noqa: SIM115 - closed by `with tar` below
+    except (tarfile.TarError, OSError, EOFError, zlib.error):
+        raise DataError(
+            f"CIFAR-10 file {archive} is not a readable tar archive; {_EXPECTED}."
+        ) from None
+    with tar:
+        try:
+            members = {}
+            for m in tar.getmembers():
+                base = m.name.rsplit("/", 1)[-1]
+                if m.isfile() and base in _ALL_FILES and base not in members:
+                    members[base] = m
+        except (tarfile.TarError, OSError, EOFError, zlib.error):
+            raise DataError(
+                f"CIFAR-10 archive {archive} is truncated or corrupt."
+            ) from None
+        if not any(name in members for name in (*_TRAIN_BATCHES, _TEST_BATCH)):
+            raise DataError(
+                f"no CIFAR-10 batches found in archive {archive}; {_EXPECTED}."
+            )
+
+        def read(name: str) -> bytes | None:
+            member = members.get(name)
+            if member is None:
+                return None
+            try:
+                f = tar.extractfile(member)
+                return f.read() if f is not None else None
+            except (tarfile.TarError, OSError, EOFError, zlib.error):
+                raise DataError(
+                    f"CIFAR-10 file {name} in archive {archive} is truncated or corrupt."
+                ) from None
+
+        yield read
+
+
+def _folder_reader(folder: Path) -> ReadMember:
+    """Serve CIFAR-10 files from an extracted ``cifar-10-batches-py`` folder."""
+
+    def read(name: str) -> bytes | None:
+        file = folder / name
+        if not file.is_file():
+            return None
+        try:
+            return file.read_bytes()
+        except OSError as exc:
+            raise DataError(
+                f"CIFAR-10 file {file} cannot be read ({exc.strerror})."
+            ) from None
+
+    return read
+
+
+@contextmanager
+def _open_cifar10(path: Path) -> Iterator[tuple[ReadMember, Callable[[str], str]]]:
+    """Locate CIFAR-10 at ``path`` and yield a member reader and a namer for messages."""
+    if path.is_dir():
+        for folder in (path, path / CIFAR10_FOLDER):
+            if any(
+                (folder / name).is_file() for name in (*_TRAIN_BATCHES, _TEST_BATCH)
+            ):
+                yield _folder_reader(folder), lambda name, d=folder: str(d / name)
+                return
+        archive = path / CIFAR10_ARCHIVE
+        if not archive.is_file():
+            raise DataError(f"no CIFAR-10 batches found at {path}; {_EXPECTED}.")
+    elif path.is_file():
+        archive = path
+    else:
+        raise DataError(f"no CIFAR-10 batches found at {path}; {_EXPECTED}.")
+    with _open_tar(archive) as read:
+        yield read, lambda name: f"{name} in archive {archive}"
+
+
+def read_cifar10(
+    path: str | os.PathLike[str], n_train: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]:
+    """Read CIFAR-10 in the official python format.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The ``cifar-10-batches-py`` folder, a folder containing it (or containing
+        ``cifar-10-python.tar.gz``), or the unextracted ``cifar-10-python.tar.gz``.
+    n_train : int or None
+        Stop reading training batches once at least this many images are loaded; None reads
+        ``data_batch_1`` ... ``data_batch_5``. The result may hold more than ``n_train`` images
+        (whole batches) or fewer (when the dataset is smaller); the caller slices and checks.
+
+    Returns
+    -------
+    x_train : np.ndarray, uint8, shape (N, 3, 32, 32)
+        Concatenation of the data batches in order 1..5.
+    y_train : np.ndarray, int64, shape (N,)
+    x_test : np.ndarray, uint8, shape (M, 3, 32, 32)
+        ``test_batch``.
+    y_test : np.ndarray, int64, shape (M,)
+    class_names : tuple of str
+        From ``batches.meta``, or the official names when that file is absent.
+
+    Raises
+    ------
+    DataError
+        If the files are missing, truncated, of another kind or malformed.
+    """
+    path = Path(path).expanduser()
+    with _open_cifar10(path) as (read, name_of):
+
+        def load(name: str) -> tuple[np.ndarray, np.ndarray]:
+            raw = read(name)
+            if raw is None:
+                raise DataError(
+                    f"CIFAR-10 file {name_of(name)} is missing; {_EXPECTED}."
+                )
+            return parse_cifar10_batch(raw, name_of(name))
+
+        xs, ys = [], []
+        for name in _TRAIN_BATCHES:
+            if n_train is not None and sum(len(y) for y in ys) >= n_train:
+                break
+            x, y = load(name)
+            xs.append(x)
+            ys.append(y)
+        x_test, y_test = load(_TEST_BATCH)
+        meta = read(_META)
+        class_names = (
+            CIFAR10_CLASS_NAMES
+            if meta is None
+            else parse_cifar10_meta(meta, name_of(_META))
+        )
+    return np.concatenate(xs), np.concatenate(ys), x_test, y_test, class_names
+
+
+# ----------------------------------------------------------------------------- CIFAR-5m
+
+_PART_RE = re.compile(r"part(\d+)\.npz")
+_NPZ_ERRORS = (zipfile.BadZipFile, OSError, EOFError, zlib.error, ValueError, KeyError)
+
+
+def _npy_header(f: Any, label: str) -> tuple[tuple[int, ...], np.dtype, int]:
+    """Read the header of an ``.npy`` stream; return (shape, dtype, data offset)."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        raise DataError(
+            f"CIFAR-5m array {label} uses .npy format {version}; expected 1.0 or 2.0."
+        )
+    if fortran and len(shape) > 1:
+        raise DataError(
+            f"CIFAR-5m array {label} is stored in Fortran order; expected C order."
+        )
+    if dtype.hasobject:
+        raise DataError(
+            f"CIFAR-5m array {label} holds Python objects; expected numbers."
+        )
+    return tuple(shape), dtype, f.tell()
+
+
+class _Npz:
+    """Row-range access to the ``X`` and ``Y`` members of one CIFAR-5m part."""
+
+    def __init__(self, file: Path) -> None:
+        self.file = file
+        try:
+            with zipfile.ZipFile(file) as zf:
+                self.x_shape, self.x_dtype, _ = self._header(zf, "X")
+                self.y_shape, self.y_dtype, _ = self._header(zf, "Y")
+        except _NPZ_ERRORS:
+            raise DataError(
+                f"CIFAR-5m file {file} is truncated or not an .npz with arrays X and Y."
+            ) from None
+        if self.x_dtype != np.uint8 or self.x_shape[1:] != (32, 32, 3):
+            raise DataError(
+                f"CIFAR-5m file {file} has X of shape {self.x_shape} and dtype {self.x_dtype}; "
+                "expected uint8 of shape (N, 32, 32, 3)."
+            )
+        if self.y_dtype.kind not in "iu" or self.y_shape != self.x_shape[:1]:
+            raise DataError(
+                f"CIFAR-5m file {file} has Y of shape {self.y_shape} and dtype {self.y_dtype}; "
+                f"expected {self.x_shape[0]} integer labels, one per image."
+            )
+
+    def _header(
+        self, zf: zipfile.ZipFile, key: str
+    ) -> tuple[tuple[int, ...], np.dtype, int]:
+        with zf.open(f"{key}.npy") as f:
+            return _npy_header(f, f"{key} in {self.file}")
+
+    def __len__(self) -> int:
+        return self.x_shape[0]
+
+    def rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Read rows ``start:stop`` of X (as NCHW uint8) and Y (as int64)."""
+        try:
+            with zipfile.ZipFile(self.file) as zf:
+                x = self._read(zf, "X", start, stop)
+                y = self._read(zf, "Y", start, stop)
+        except _NPZ_ERRORS:
+            raise DataError(
+                f"CIFAR-5m file {self.file} is truncated or corrupt."
+            ) from None
+        y = y.astype(np.int64)
+        if len(y) and (y.min() < 0 or y.max() > 9):
+            raise DataError(
+                f"CIFAR-5m file {self.file} has labels in {y.min()}..{y.max()}; "
+                "expected labels in 0..9."
+            )
+        return x.transpose(0, 3, 1, 2), y
+
+    def _read(self, zf: zipfile.ZipFile, key: str, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` of one member: memory-mapped if stored, else streamed."""
+        info = zf.getinfo(f"{key}.npy")
+        with zf.open(info) as f:
+            shape, dtype, offset = _npy_header(f, f"{key} in {self.file}")
+            if info.compress_type == zipfile.ZIP_STORED:
+                # The member's bytes lie in the file as they are: map them and copy the rows.
+                data_start = _stored_data_start(self.file, info) + offset
+                array = np.memmap(
+                    self.file, dtype, mode="r", offset=data_start, shape=shape
+                )
+                return np.array(array[start:stop])
+            row_bytes = math.prod(shape[1:]) * dtype.itemsize
+            f.seek(
+                offset + start * row_bytes
+            )  # decompresses up to the rows, not beyond
+            want = (stop - start) * row_bytes
+            buf = f.read(want)
+        if len(buf) != want:
+            raise EOFError
+        return np.frombuffer(buf, dtype=dtype).reshape((stop - start, *shape[1:]))
+
+
+def _stored_data_start(file: Path, info: zipfile.ZipInfo) -> int:
+    """Offset in ``file`` of the first byte of a stored (uncompressed) zip member."""
+    with open(file, "rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)  # fixed part of the local file header
+    if len(local) != 30 or local[:4] != b"PK\x03\x04":
+        raise zipfile.BadZipFile
+    name_len, extra_len = struct.unpack("<HH", local[26:30])
+    return info.header_offset + 30 + name_len + extra_len
+
+
+def _cifar5m_parts(folder: Path) -> list[Path]:
+    """The ``part{k}.npz`` files of a CIFAR-5m folder, checked to run 0, 1, ... without gaps."""
+    expected = "expected a folder with part0.npz ... part5.npz of CIFAR-5m"
+    if not folder.is_dir():
+        raise DataError(f"no CIFAR-5m parts found at {folder}; {expected}.")
+    found = {}
+    for file in folder.iterdir():
+        match = _PART_RE.fullmatch(file.name)
+        if match and file.is_file():
+            found[int(match.group(1))] = file
+    if not found:
+        raise DataError(f"no CIFAR-5m parts found at {folder}; {expected}.")
+    for k in range(max(found) + 1):
+        if k not in found:
+            raise DataError(
+                f"CIFAR-5m file {folder / f'part{k}.npz'} is missing while "
+                f"part{max(found)}.npz is present; {expected}."
+            )
+    return [found[k] for k in sorted(found)]
+
+
+def read_cifar5m(
+    path: str | os.PathLike[str], n_train: int | None = None, n_test: int = 10000
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Read CIFAR-5m from its ``part*.npz`` files.
+
+    The test set is the **last** ``n_test`` images of the last part; the training pool is every
+    other image, parts in order (so the two never overlap, and the test set does not move when
+    ``n_train`` changes). Only the parts needed for ``n_train`` are opened, plus the last part
+    for the test set, and from each only the needed rows are read.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Folder holding ``part0.npz`` ... ``part5.npz`` (any number of parts from ``part0``).
+    n_train : int or None
+        Number of training images to read (fewer if the pool is smaller: the caller checks);
+        None reads the whole pool, which for the full dataset is about 15 GB of uint8.
+    n_test : int
+        Number of test images, at most the size of the last part.
+
+    Returns
+    -------
+    x_train : np.ndarray, uint8, shape (N, 3, 32, 32)
+    y_train : np.ndarray, int64, shape (N,)
+    x_test : np.ndarray, uint8, shape (n_test, 3, 32, 32)
+    y_test : np.ndarray, int64, shape (n_test,)
+
+    Raises
+    ------
+    DataError
+        If parts are missing, truncated or malformed, or the last part has fewer than
+        ``n_test`` images.
+    """
+    folder = Path(path).expanduser()
+    files = _cifar5m_parts(folder)
+    last = _Npz(files[-1])
+    if n_test > len(last):
+        raise DataError(
+            f"CIFAR-5m file {last.file} holds {len(last)} images, fewer than n_test={n_test} "
+            "(the test set is the tail of the last part)."
+        )
+    x_test, y_test = last.rows(len(last) - n_test, len(last))
+
+    xs, ys = [], []
+    have = 0
+    for i, file in enumerate(files):
+        if n_train is not None and have >= n_train:
+            break
+        part = last if i == len(files) - 1 else _Npz(file)
+        stop = len(part) - n_test if part is last else len(part)
+        if n_train is not None:
+            stop = min(stop, n_train - have)
+        x, y = part.rows(0, stop)
+        xs.append(x)
+        ys.append(y)
+        have += stop
+    return np.concatenate(xs), np.concatenate(ys), x_test, y_test

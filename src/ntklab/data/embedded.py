@@ -1,0 +1,83 @@
+"""Embedded datasets that need no files: MNIST-1D (generated) and scikit-learn's digits.
+
+MNIST-1D is generated locally by the ``mnist1d`` package's own generator (never downloaded) and
+cached on disk as ``.npz`` after the first generation, keyed by the generator arguments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ntklab.data.raw import RawDataset
+
+
+def cache_dir() -> Path:
+    """Where generated data is cached: ``$NTKLAB_CACHE_DIR`` or ``~/.cache/ntklab``."""
+    root = os.environ.get("NTKLAB_CACHE_DIR") or Path.home() / ".cache" / "ntklab"
+    return Path(root)
+
+
+def atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Write an ``.npz`` under a temporary name, fsync, then rename (never a partial file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_mnist1d(num_samples: int = 25_000, train_split: float = 0.8, seed: int = 42) -> RawDataset:
+    """MNIST-1D (Greydanus 2020) from its generator: x (N, 1, 40) float32, 10 classes.
+
+    ``num_samples`` in total, the first ``train_split`` of them the training pool (the
+    package's own split); ``seed`` is the generator's seed (42 reproduces the published set's
+    construction). The generator seeds NumPy's global RNG; its state is restored afterwards.
+    """
+    import mnist1d.data
+
+    args = mnist1d.data.get_dataset_args(as_dict=True)
+    args.update(num_samples=int(num_samples), train_split=float(train_split), seed=int(seed))
+    args.pop("url", None)
+    digest = hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:12]
+    path = cache_dir() / f"mnist1d-{digest}.npz"
+    if path.is_file():
+        with np.load(path) as z:
+            x, y, xt, yt = z["x"], z["y"], z["x_test"], z["y_test"]
+    else:
+        state = np.random.get_state()
+        try:
+            d = mnist1d.data.make_dataset(mnist1d.utils.ObjectView(dict(args)))
+        finally:
+            np.random.set_state(state)
+        x, y = d["x"].astype(np.float32), d["y"].astype(np.int64)
+        xt, yt = d["x_test"].astype(np.float32), d["y_test"].astype(np.int64)
+        atomic_save_npz(path, x=x, y=y, x_test=xt, y_test=yt)
+    names = tuple(str(i) for i in range(10))
+    return RawDataset("mnist1d", x[:, None, :], y, xt[:, None, :], yt, 10, names)
+
+
+def load_digits(test_fraction: float = 0.2) -> RawDataset:
+    """scikit-learn's 8×8 digits (1,797 images): x (N, 1, 8, 8) float32 in [0, 1], 10 classes.
+
+    The last ``test_fraction`` of the file order is the fixed test set.
+    """
+    from sklearn.datasets import load_digits as sk_digits
+
+    d = sk_digits()
+    x = (d.images / 16.0).astype(np.float32)[:, None]
+    y = d.target.astype(np.int64)
+    cut = int(round(len(y) * (1 - test_fraction)))
+    names = tuple(str(i) for i in range(10))
+    return RawDataset("digits", x[:cut], y[:cut], x[cut:], y[cut:], 10, names)

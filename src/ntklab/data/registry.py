@@ -1,0 +1,74 @@
+"""Dataset registry: a name in the config -> a loader -> prepared splits."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from ntklab.config import DataConfig
+from ntklab.data.prepare import Splits, prepare
+from ntklab.data.raw import RawDataset
+from ntklab.errors import DataError
+
+
+def _images(fn_name: str) -> Callable[[DataConfig, int], RawDataset]:
+    def load(cfg: DataConfig, n_needed: int) -> RawDataset:
+        from ntklab.data import images
+
+        return getattr(images, fn_name)(Path(cfg.path), n_train=n_needed)
+
+    return load
+
+
+def _npz(cfg: DataConfig, n_needed: int) -> RawDataset:
+    from ntklab.data.npz import load_npz
+
+    return load_npz(Path(cfg.path))
+
+
+def _mnist1d(cfg: DataConfig, n_needed: int) -> RawDataset:
+    from ntklab.data.embedded import load_mnist1d
+
+    return load_mnist1d(cfg.num_samples)
+
+
+def _digits(cfg: DataConfig, n_needed: int) -> RawDataset:
+    from ntklab.data.embedded import load_digits
+
+    return load_digits()
+
+
+LOADERS: dict[str, Callable[[DataConfig, int], RawDataset]] = {
+    "mnist1d": _mnist1d,
+    "digits": _digits,
+    "cifar10": _images("load_cifar10"),
+    "cifar5m": _images("load_cifar5m"),
+    "svhn": _images("load_svhn"),
+    "mnist": _images("load_mnist"),
+    "fashion-mnist": _images("load_fashion_mnist"),
+    "npz": _npz,
+}
+
+
+def load_raw(cfg: DataConfig, n_max: int | None = None) -> RawDataset:
+    """The raw dataset named by ``cfg.name``; only as much as ``n_max`` needs where possible."""
+    if cfg.name not in LOADERS:
+        raise DataError(f"unknown dataset {cfg.name!r}; allowed: {', '.join(LOADERS)}.")
+    need = (n_max or cfg.n_max) + cfg.n_val
+    # class subsets need the whole pool to find enough samples of the chosen classes
+    return LOADERS[cfg.name](cfg, None if cfg.classes else need)
+
+
+def load_splits(cfg: DataConfig, n_max: int | None = None) -> Splits:
+    """Load and prepare the dataset of ``cfg`` with room for ``n_max`` training samples."""
+    raw = load_raw(cfg, n_max)
+    return prepare(
+        raw,
+        n_max=n_max or cfg.n_max,
+        n_val=cfg.n_val,
+        n_test=cfg.n_test,
+        seed=cfg.seed,
+        classes=cfg.classes,
+        standardize=cfg.standardize,
+        zca=cfg.zca,
+    )

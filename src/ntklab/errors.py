@@ -1,0 +1,31 @@
+"""User-facing errors.
+
+Every mistake a user can make (a config key, a value out of range, a missing or malformed data
+file, a shape that does not fit) raises a subclass of :class:`NtkLabError` whose message is one
+sentence naming the culprit and what is allowed. The CLI prints it and exits with status 2,
+without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class NtkLabError(Exception):
+    """Base class: the message is one complete sentence for the user."""
+
+    exit_code = 2
+
+
+class ConfigError(NtkLabError):
+    """A config key, type or value is not allowed."""
+
+
+class DataError(NtkLabError):
+    """A dataset is unknown, missing, truncated or of the wrong kind."""
+
+
+class ArchError(NtkLabError):
+    """A layer or input shape does not fit the architecture spec."""
+
+
+class RunDirError(NtkLabError):
+    """A run directory conflicts with the requested run."""

@@ -1,0 +1,104 @@
+"""Pieces every experiment shares: the spec from the config, seeds, kernel points, regression."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from ntklab.arch import ZOO, Spec, from_layers
+from ntklab.config import AnyConfig, ArchConfig
+from ntklab.data.prepare import Splits
+from ntklab.errors import ArchError
+from ntklab.regress import KernelRegressor, mse, zero_one
+from ntklab.run.units import derive_seed
+
+
+def build_spec(arch: ArchConfig, num_outputs: int, width: int | None = None) -> Spec:
+    """The architecture of the config with ``num_outputs`` outputs (``width`` overrides)."""
+    if arch.layers is not None:
+        spec = from_layers(arch.layers)
+        last = spec.layers[-1]
+        if getattr(last, "width", None) != num_outputs:
+            raise ArchError(
+                f"the last layer of arch.layers has width {getattr(last, 'width', None)} "
+                f"but the task has {num_outputs} outputs; set its width to {num_outputs}."
+            )
+        return spec
+    return ZOO[arch.name](
+        arch.depth,
+        width or arch.width,
+        out=num_outputs,
+        W_std=arch.W_std,
+        b_std=arch.b_std,
+        parameterization=arch.parameterization,
+    )
+
+
+def arch_reads(cfg: AnyConfig, width: int | None = None) -> dict[str, Any]:
+    """The architecture fields a unit depends on (``width`` overridden when given)."""
+    arch = cfg.arch.model_dump(mode="json")
+    if width is not None:
+        arch["width"] = width
+    return arch
+
+
+def data_reads(cfg: AnyConfig) -> dict[str, Any]:
+    """The data fields a unit depends on (the grid bounds do not change any sample)."""
+    d = cfg.data.model_dump(mode="json")
+    for k in ("n_min", "n_max", "grid_factor"):
+        d.pop(k)
+    return d
+
+
+def init_seed(cfg: AnyConfig, seed_index: int) -> int:
+    """Seed of the network's initialization for repetition ``seed_index``."""
+    return derive_seed(cfg.seed, "init", seed_index)
+
+
+def batch_seed(cfg: AnyConfig, seed_index: int, n: int) -> int:
+    """Seed of the mini-batch order for repetition ``seed_index`` at training-set size n."""
+    return derive_seed(cfg.seed, "batches", seed_index, n)
+
+
+def init_model(ctx: Any, seed_index: int, width: int | None = None) -> nn.Module:
+    """The network at initialization for repetition ``seed_index``, on the run's device."""
+    spec = build_spec(ctx.cfg.arch, ctx.splits.num_outputs, width)
+    return spec.module(ctx.splits.input_shape, seed=init_seed(ctx.cfg, seed_index)).to(ctx.device)
+
+
+def eval_points(s: Splits) -> np.ndarray:
+    """Validation then test inputs: the rows of every cross kernel."""
+    return np.concatenate([s.x_val, s.x_test])
+
+
+def regress_grid(
+    k_train: np.ndarray,
+    k_cross: np.ndarray,
+    s: Splits,
+    grid: list[int],
+    ridges: list[float],
+    ridge: float | None,
+) -> list[dict[str, float]]:
+    """Kernel regression for every n of ``grid`` by slicing one kernel.
+
+    k_train (N, N) on the first N training points; k_cross (V + T, N) validation then test rows.
+    Returns one dict per n: n, test_mse, test_error, ridge, jitter.
+    """
+    v = len(s.x_val)
+    out = []
+    for n in grid:
+        reg = KernelRegressor([ridge] if ridge is not None else ridges).fit(k_train[:n, :n], s.y_train[:n])
+        reg.select(k_cross[:v, :n], s.y_val)
+        pred = reg.predict(k_cross[v:, :n])
+        out.append(
+            {
+                "n": n,
+                "test_mse": mse(pred, s.y_test),
+                "test_error": zero_one(pred, s.labels_test),
+                "ridge": reg.ridge_,
+                "jitter": reg.jitter_,
+            }
+        )
+    return out

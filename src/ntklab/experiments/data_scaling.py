@@ -1,0 +1,138 @@
+"""Experiment ``data-scaling``: test loss vs n for the network and for kernel regression.
+
+For every n of the grid and every repetition: train the network on the first n samples
+(method ``nn``); compute the eNTK at initialization once on the largest n plus the validation
+and test points and slice it for every smaller n (``entk``); the infinite-width NTK and NNGP
+of the same spec likewise (``ntk``, ``nngp``, seed-independent). Fit L(n) ≈ a·n^(−α).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ntklab.config import DataScalingConfig
+from ntklab.experiments.common import arch_reads, data_reads, regress_grid
+from ntklab.experiments.tidy import exponents, row, rows_from
+from ntklab.run.units import Unit
+
+NAME = "data-scaling"
+U = "ntklab.experiments.units"
+METRICS = ("test_mse", "test_error", "ridge", "jitter")
+
+
+def train_unit(cfg: Any, n: int, seed_index: int, width: int | None = None, steps: int | None = None) -> Unit:
+    """Train the network of repetition ``seed_index`` on n samples."""
+    args = {"n": n, "seed_index": seed_index, "width": width, "steps": steps}
+    reads = {
+        "seed": cfg.seed,
+        "data": data_reads(cfg),
+        "arch": arch_reads(cfg, width),
+        "train": cfg.train.model_dump(mode="json"),
+    }
+    return Unit(
+        "train",
+        f"{U}:train_network",
+        args,
+        reads,
+        label=f"train n={n} seed={seed_index}" + (f" w={width}" if width else ""),
+    )
+
+
+def entk_unit(cfg: Any, n: int, seed_index: int, width: int | None = None) -> Unit:
+    """eNTK at init of repetition ``seed_index`` on the first n training points."""
+    args = {"n": n, "seed_index": seed_index, "width": width}
+    reads = {
+        "seed": cfg.seed,
+        "data": data_reads(cfg),
+        "arch": arch_reads(cfg, width),
+        "mode": cfg.kernel.mode,
+        "output_index": cfg.kernel.output_index,
+    }
+    return Unit(
+        "entk",
+        f"{U}:entk_at_init",
+        args,
+        reads,
+        label=f"eNTK n={n} seed={seed_index}" + (f" w={width}" if width else ""),
+    )
+
+
+def infinite_unit(cfg: Any, n: int) -> Unit:
+    """Infinite NNGP and NTK of the architecture on the first n training points."""
+    arch = arch_reads(cfg)
+    if cfg.arch.parameterization == "ntk" and cfg.arch.layers is None:
+        arch.pop("width")  # ntk-parameterized infinite kernels do not depend on the width
+    return Unit(
+        "infinite",
+        f"{U}:infinite_kernels",
+        {"n": n},
+        {"data": data_reads(cfg), "arch": arch},
+        label=f"NTK/NNGP n={n}",
+    )
+
+
+def plan(cfg: DataScalingConfig) -> list[Unit]:
+    """Every unit of the experiment."""
+    grid, n_max = cfg.data.n_grid(), cfg.data.n_max
+    units: list[Unit] = []
+    if {"ntk", "nngp"} & set(cfg.methods):
+        units.append(infinite_unit(cfg, n_max))
+    for i in range(cfg.seeds):
+        if "entk" in cfg.methods:
+            units.append(entk_unit(cfg, n_max, i))
+        if "nn" in cfg.methods:
+            units += [train_unit(cfg, n, i) for n in grid]
+    return units
+
+
+def kernel_rows(
+    cfg: Any, ctx: Any, method: str, kernel: dict, seed: int, width: int, grid: list[int]
+) -> list[dict]:
+    """Regression rows of one kernel across the grid."""
+    recs = regress_grid(
+        kernel["train"], kernel["cross"], ctx.splits, grid, cfg.kernel.ridges, cfg.kernel.ridge
+    )
+    return [r for rec in recs for r in rows_from(cfg.experiment, method, width, seed, rec, METRICS)]
+
+
+def nn_rows(cfg: Any, method: str, result: dict, n: int, seed: int, width: int) -> list[dict]:
+    """Rows of one trained network."""
+    return [
+        row(cfg.experiment, method, n, width, seed, result["steps"], m, result[m])
+        for m in ("test_mse", "test_error", "train_mse", "train_error")
+    ]
+
+
+def analyze(cfg: DataScalingConfig, results: dict[str, Any], ctx: Any) -> tuple[list[dict], dict[str, Any]]:
+    """Tidy rows and the summary's ``exponents`` from unit results (missing units are skipped)."""
+    grid, n_max, w = cfg.data.n_grid(), cfg.data.n_max, cfg.arch.width
+    rows: list[dict] = []
+    inf = results.get(infinite_unit(cfg, n_max).key)
+    if inf is not None:
+        for m in ("ntk", "nngp"):
+            if m in cfg.methods:
+                rows += kernel_rows(cfg, ctx, m, inf[m], 0, 0, grid)
+    for i in range(cfg.seeds):
+        k = results.get(entk_unit(cfg, n_max, i).key)
+        if k is not None and "entk" in cfg.methods:
+            rows += kernel_rows(cfg, ctx, "entk", k, i, w, grid)
+        for n in grid:
+            r = results.get(train_unit(cfg, n, i).key)
+            if r is not None and "nn" in cfg.methods:
+                rows += nn_rows(cfg, "nn", r, n, i, w)
+    return rows, {"exponents": exponents(rows, cfg.fit, cfg.seed), "n_grid": grid}
+
+
+def figures(cfg: DataScalingConfig, rows: list[dict], summary: dict, out_dir) -> list:
+    """The log-log scaling figure."""
+    from ntklab.report.figures import scaling_figure
+
+    return [
+        scaling_figure(
+            rows,
+            summary["exponents"],
+            cfg.fit.metric,
+            out_dir / "scaling.png",
+            title=f"{cfg.data.name}: {cfg.arch.name}",
+        )
+    ]

@@ -1,0 +1,103 @@
+"""Unit functions shared by the experiments: ``fn(ctx, **args) -> result`` (picklable).
+
+Each returns plain Python/NumPy values so results can be cached and shipped between processes.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from ntklab.experiments.common import batch_seed, build_spec, eval_points, init_model
+from ntklab.kernels import empirical_ntk
+from ntklab.train import evaluate, train
+
+
+def _budget(ctx: Any) -> int:
+    return ctx.cfg.kernel.memory_budget_mb * 2**20
+
+
+def kernel_blocks(ctx: Any, kernel_fn, n: int) -> dict[str, np.ndarray]:
+    """K(train[:n], train[:n]) and K(val+test, train[:n]) as float64 arrays from ``kernel_fn(x1, x2)``."""
+    s = ctx.splits
+    xt = ctx.tensor(s.x_train[:n])
+    xe = ctx.tensor(eval_points(s))
+    return {
+        "train": kernel_fn(xt, None).cpu().numpy(),
+        "cross": kernel_fn(xe, xt).cpu().numpy(),
+    }
+
+
+def entk_kernel_fn(ctx: Any, model: torch.nn.Module):
+    """``(x1, x2) -> eNTK`` with the run's mode and memory budget."""
+    k = ctx.cfg.kernel
+
+    def fn(x1: torch.Tensor, x2: torch.Tensor | None) -> torch.Tensor:
+        return empirical_ntk(
+            model,
+            x1,
+            x2,
+            mode=k.mode,
+            output_index=k.output_index,
+            memory_budget_bytes=_budget(ctx),
+            progress=ctx.progress,
+        )
+
+    return fn
+
+
+def train_network(
+    ctx: Any, n: int, seed_index: int, width: int | None = None, steps: int | None = None
+) -> dict[str, Any]:
+    """Train the network of repetition ``seed_index`` on the first n samples; test metrics."""
+    t0 = time.perf_counter()
+    s = ctx.splits
+    model = init_model(ctx, seed_index, width)
+    res = train(
+        model,
+        ctx.tensor(s.x_train[:n]),
+        ctx.tensor(s.y_train[:n]),
+        ctx.tensor(s.labels_train[:n], torch.long),
+        ctx.cfg.train,
+        seed=batch_seed(ctx.cfg, seed_index, n),
+        steps=steps,
+        progress=ctx.progress,
+    )
+    test = evaluate(
+        res.model, ctx.tensor(s.x_test), ctx.tensor(s.y_test), ctx.tensor(s.labels_test, torch.long)
+    )
+    fit = evaluate(
+        res.model,
+        ctx.tensor(s.x_train[:n]),
+        ctx.tensor(s.y_train[:n]),
+        ctx.tensor(s.labels_train[:n], torch.long),
+    )
+    return {
+        "test_mse": test["mse"],
+        "test_error": test["error"],
+        "train_mse": fit["mse"],
+        "train_error": fit["error"],
+        "steps": res.steps,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def entk_at_init(ctx: Any, n: int, seed_index: int, width: int | None = None) -> dict[str, np.ndarray]:
+    """The eNTK at initialization of repetition ``seed_index`` on the first n training points."""
+    model = init_model(ctx, seed_index, width)
+    return kernel_blocks(ctx, entk_kernel_fn(ctx, model), n)
+
+
+def infinite_kernels(ctx: Any, n: int) -> dict[str, dict[str, np.ndarray]]:
+    """Infinite-width NNGP and NTK of the config's architecture on the first n training points."""
+    s = ctx.splits
+    spec = build_spec(ctx.cfg.arch, s.num_outputs)
+    xt = ctx.tensor(s.x_train[:n], torch.float64)
+    xe = ctx.tensor(eval_points(s), torch.float64)
+    kw = {"memory_budget_bytes": _budget(ctx), "progress": ctx.progress}
+    tt = spec.kernel_fn(xt, None, get=("nngp", "ntk"), **kw)
+    et = spec.kernel_fn(xe, xt, get=("nngp", "ntk"), **kw)
+    return {k: {"train": tt[k].cpu().numpy(), "cross": et[k].cpu().numpy()} for k in ("nngp", "ntk")}

@@ -1,0 +1,137 @@
+"""Run an experiment into a run directory: plan units, execute the missing ones, analyze, write.
+
+The run directory holds ``config.toml`` (resolved), ``results.csv`` (tidy), ``summary.json``,
+``units.json`` (every unit with its status) and the figures. Unit results live in a
+content-addressed store shared by all runs, so a re-run (after a crash, or of another
+experiment that needs the same kernel) computes only what is missing.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ntklab import experiments
+from ntklab.config import AnyConfig, to_toml
+from ntklab.data.embedded import cache_dir
+from ntklab.errors import RunDirError
+from ntklab.experiments.common import build_spec
+from ntklab.experiments.tidy import COLUMNS
+from ntklab.run.context import RunContext
+from ntklab.run.executors import LocalExecutor, Outcome
+from ntklab.run.store import Store, atomic_write
+
+
+def default_store() -> Store:
+    """The shared unit store: ``$NTKLAB_CACHE_DIR/units`` (default ``~/.cache/ntklab/units``)."""
+    return Store(cache_dir() / "units")
+
+
+def default_out(cfg: AnyConfig) -> Path:
+    return Path("runs") / f"{cfg.experiment}-{cfg.digest()}"
+
+
+def prepare_run_dir(cfg: AnyConfig, out: Path, store: Store) -> None:
+    """Create ``out`` or check that it holds this same config; never mix two configs."""
+    meta = out / "run.json"
+    if meta.is_file():
+        old = json.loads(meta.read_text())
+        if old.get("digest") != cfg.digest():
+            raise RunDirError(
+                f"run directory {out} holds a different config (digest {old.get('digest')}, this one "
+                f"{cfg.digest()}); choose another --out or remove it."
+            )
+    elif out.exists() and any(out.iterdir()):
+        raise RunDirError(f"run directory {out} exists and is not an ntklab run; choose another --out.")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "config.toml", to_toml(cfg).encode())
+    info = {"digest": cfg.digest(), "experiment": cfg.experiment, "store": str(store.root.resolve())}
+    atomic_write(meta, json.dumps(info, indent=1).encode())
+
+
+def check_inputs(cfg: AnyConfig, ctx: RunContext) -> None:
+    """Fail before any work on data or architecture problems (one-sentence errors)."""
+    s = ctx.splits
+    spec = build_spec(cfg.arch, s.num_outputs)
+    out = spec.out_shape(s.input_shape)
+    if out != (s.num_outputs,):
+        from ntklab.errors import ArchError
+
+        raise ArchError(
+            f"the architecture maps inputs {s.input_shape} to {out}, but the task needs ({s.num_outputs},)."
+        )
+    _ = ctx.device
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write(path, buf.getvalue().encode())
+
+
+def run_experiment(
+    cfg: AnyConfig,
+    out: Path | None = None,
+    *,
+    executor: Any = None,
+    store: Store | None = None,
+    retry_failed: bool = False,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Run ``cfg`` into ``out``; returns the summary (also written to ``summary.json``)."""
+    t0 = time.perf_counter()
+    out = Path(out) if out is not None else default_out(cfg)
+    store = store or default_store()
+    executor = executor or LocalExecutor()
+    exp = experiments.get(cfg.experiment)
+    ctx = RunContext(cfg, progress)
+    check_inputs(cfg, ctx)
+    prepare_run_dir(cfg, out, store)
+    units = exp.plan(cfg)
+    outcome: Outcome = executor.run(units, lambda: ctx, store, retry_failed=retry_failed, progress=progress)
+    results = {u.key: store.load(u.key) for u in units if store.has(u.key)}
+    write_manifest(out, units, store)
+    rows, extra = exp.analyze(cfg, results, ctx)
+    write_csv(out / "results.csv", rows)
+    summary = {
+        "experiment": cfg.experiment,
+        **extra,
+        "metric": cfg.fit.metric,
+        "seconds": time.perf_counter() - t0,
+        "units": {
+            "total": len({u.key for u in units}),
+            "computed": len(outcome.computed),
+            "cached": len(outcome.cached),
+            "failed": len(outcome.failed),
+        },
+        "failed_units": [
+            {"unit": next(u.label for u in units if u.key == k), "error": e}
+            for k, e in outcome.failed.items()
+        ],
+        "config_digest": cfg.digest(),
+        "device": str(ctx.device),
+        "threads": int(os.environ.get("OMP_NUM_THREADS", 0)) or None,
+    }
+    summary["figures"] = [str(p.name) for p in exp.figures(cfg, rows, summary, out)]
+    atomic_write(out / "summary.json", json.dumps(summary, indent=1).encode())
+    return summary
+
+
+def unit_status(units: list, store: Store) -> list[dict[str, str]]:
+    """done / failed / missing for every unit."""
+    out = []
+    for u in {u.key: u for u in units}.values():
+        status = "done" if store.has(u.key) else ("failed" if store.failure(u.key) else "missing")
+        out.append({"key": u.key, "kind": u.kind, "label": u.label, "status": status})
+    return out
+
+
+def write_manifest(out: Path, units: list, store: Store) -> None:
+    atomic_write(out / "units.json", json.dumps(unit_status(units, store), indent=1).encode())

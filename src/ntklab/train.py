@@ -1,0 +1,194 @@
+"""Network training: SGD (momentum) or Adam, MSE or cross-entropy, LR schedules, checkpoints.
+
+The MSE loss is DESIGN.md's metric: the mean over samples of the squared error summed over
+outputs, so the network and kernel regression minimise the same quantity.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ntklab.config import TrainConfig
+from ntklab.progress import progress_bar
+
+
+class Centered(nn.Module):
+    """f(x) − f₀(x): the network minus a frozen copy of itself at initialization.
+
+    The frozen copy has ``requires_grad=False``, so the eNTK of the centered model equals the
+    eNTK of the network.
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.init = copy.deepcopy(net).requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x) - self.init(x)
+
+
+def mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over samples of Σ_outputs (pred − target)²; pred, target (N, K)."""
+    return (pred - target).pow(2).sum(-1).mean()
+
+
+def zero_one(pred: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Fraction misclassified: argmax for K > 1 outputs, sign for one output (labels 0/1)."""
+    guess = (pred[:, 0] > 0).long() if pred.shape[1] == 1 else pred.argmax(1)
+    return (guess != labels).double().mean()
+
+
+def loss_fn(kind: str, pred: torch.Tensor, target: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Training loss: DESIGN's MSE or cross-entropy on the labels (binary: logistic)."""
+    if kind == "mse":
+        return mse(pred, target)
+    if pred.shape[1] == 1:
+        return F.binary_cross_entropy_with_logits(pred[:, 0], labels.to(pred.dtype))
+    return F.cross_entropy(pred, labels)
+
+
+def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
+    """Multiplier of ``cfg.lr`` at ``step`` of ``total`` (warmup, then the schedule)."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    frac = step / max(total, 1)
+    if cfg.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * frac))
+    if cfg.schedule == "step":
+        return cfg.step_gamma ** sum(frac >= m for m in cfg.step_milestones)
+    return 1.0
+
+
+def make_optimizer(cfg: TrainConfig, params: Sequence[nn.Parameter]) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+@dataclass
+class TrainResult:
+    """What training returns.
+
+    Attributes
+    ----------
+    model : nn.Module
+        The trained network (centered when ``train.center_output``).
+    history : list of dict
+        ``{"step", "epoch", "lr", "train_loss"}`` at logged steps.
+    checkpoints : dict[int, dict[str, Tensor]]
+        ``state_dict`` copies at the requested steps (step 0 = initialization).
+    steps : int
+        Optimizer steps taken.
+    """
+
+    model: nn.Module
+    history: list[dict[str, float]] = field(default_factory=list)
+    checkpoints: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+    steps: int = 0
+
+
+def train(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    labels: torch.Tensor,
+    cfg: TrainConfig,
+    *,
+    seed: int,
+    steps: int | None = None,
+    checkpoint_steps: Sequence[int] = (),
+    on_checkpoint: Callable[[int, nn.Module], None] | None = None,
+    progress: bool | None = None,
+    log_every: int = 50,
+) -> TrainResult:
+    """Train ``model`` on (x (n, ...), y (n, K), labels (n,)) for ``steps`` (default from cfg).
+
+    Mini-batches are drawn by reshuffling every epoch with a generator seeded by ``seed``.
+    ``on_checkpoint(step, model)`` is called at every step in ``checkpoint_steps`` (before the
+    update of that step; step = total means the end), and a copy of the state dict is kept.
+    Raises ``FloatingPointError`` if the loss becomes NaN or infinite.
+    """
+    if cfg.center_output and not isinstance(model, Centered):
+        model = Centered(model)
+    n = len(x)
+    total = cfg.total_steps(n) if steps is None else steps
+    bs = min(cfg.batch_size, n)
+    gen = torch.Generator().manual_seed(int(seed))
+    opt = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
+    result = TrainResult(model)
+    wanted = set(int(s) for s in checkpoint_steps)
+    autocast = cfg.precision == "bf16-mixed"
+    device_type = x.device.type
+    order = torch.randperm(n, generator=gen)
+    pos = 0
+    model.train()
+    with progress_bar(total=total, desc="train", enabled=progress) as bar:
+        for step in range(total + 1):
+            if step in wanted:
+                result.checkpoints[step] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                if on_checkpoint is not None:
+                    on_checkpoint(step, model)
+            if step == total:
+                break
+            if pos + bs > n:
+                order, pos = torch.randperm(n, generator=gen), 0
+            idx = order[pos : pos + bs].to(x.device)
+            pos += bs
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * lr_factor(cfg, step, total)
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
+                pred = model(x[idx])
+            loss = loss_fn(cfg.loss, pred.float(), y[idx], labels[idx])
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"training loss became {loss.item()} at step {step}; lower train.lr."
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if step % log_every == 0 or step == total - 1:
+                result.history.append(
+                    {
+                        "step": step,
+                        "epoch": (step + 1) * bs / n,
+                        "lr": opt.param_groups[0]["lr"],
+                        "train_loss": loss.item(),
+                    }
+                )
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+            bar.update(1)
+    result.steps = total
+    model.eval()
+    return result
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor, batch: int = 4096
+) -> dict[str, float]:
+    """Test MSE (DESIGN metric) and 0-1 error of ``model`` on (x, y, labels)."""
+    model.eval()
+    pred = torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)]).double()
+    return {"mse": mse(pred, y.double()).item(), "error": zero_one(pred, labels).item()}
+
+
+def steps_to_epochs(step: int, n: int, batch_size: int) -> float:
+    """Epochs completed after ``step`` steps on ``n`` samples."""
+    return step * min(batch_size, n) / n
+
+
+def log_spaced_steps(total: int, count: int) -> list[int]:
+    """``count`` log-spaced steps in [0, total], always including 0 and total."""
+    if total <= 0:
+        return [0]
+    pts = np.unique(np.round(np.geomspace(1, total, max(count - 1, 1))).astype(int))
+    return sorted({0, total, *pts.tolist()})
