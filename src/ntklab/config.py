@@ -81,6 +81,7 @@ class ArchConfig(Section):
     b_std: Annotated[float, Field(ge=0)] | None = 0.1
     parameterization: Literal["ntk", "standard"] = "ntk"
     layers: list[dict[str, Any]] | None = None  # overrides name/depth/width when given
+    factory: str | None = None  # "path/to/model.py:function" returning an nn.Module (user model)
 
 
 class TrainConfig(Section):
@@ -146,6 +147,15 @@ class BaseExperiment(Section):
     kernel: KernelConfig = KernelConfig()
     fit: FitConfig = FitConfig()
     methods: list[Literal["nn", "entk", "ntk", "nngp"]] = ["nn", "entk"]
+
+    @model_validator(mode="after")
+    def _methods(self) -> BaseExperiment:
+        if self.arch.factory is not None and {"ntk", "nngp"} & set(self.methods):
+            raise ValueError(
+                "methods ntk and nngp need an architecture from ntklab's spec (arch.name or arch.layers), "
+                "not arch.factory"
+            )
+        return self
 
     def digest(self) -> str:
         """A short hash of the resolved config."""

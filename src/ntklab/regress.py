@@ -115,6 +115,8 @@ def mse(pred: np.ndarray, y: np.ndarray) -> float:
 
 
 def zero_one(pred: np.ndarray, labels: np.ndarray) -> float:
-    """0-1 error: argmax for K > 1 outputs, sign for one output (labels 0/1)."""
+    """0-1 error: argmax for K > 1 outputs, sign for one output (labels 0/1); NaN without labels."""
+    if len(labels) and labels.min() < 0:
+        return float("nan")
     guess = (pred[:, 0] > 0).astype(int) if pred.shape[1] == 1 else pred.argmax(1)
     return float((guess != labels).mean())

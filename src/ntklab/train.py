@@ -42,7 +42,11 @@ def mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def zero_one(pred: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Fraction misclassified: argmax for K > 1 outputs, sign for one output (labels 0/1)."""
+    """Fraction misclassified: argmax for K > 1 outputs, sign for one output (labels 0/1).
+
+    NaN for regression data (labels < 0)."""
+    if len(labels) and labels.min() < 0:
+        return torch.tensor(float("nan"), dtype=torch.float64)
     guess = (pred[:, 0] > 0).long() if pred.shape[1] == 1 else pred.argmax(1)
     return (guess != labels).double().mean()
 

@@ -108,6 +108,8 @@ def prepare(
 ) -> Splits:
     """Split, standardize and encode ``raw`` (see the module docstring for the rules)."""
     x, y, xt, yt, c = raw.x_train, raw.y_train, raw.x_test, raw.y_test, raw.num_classes
+    if classes is not None and c == 0:
+        raise DataError("data.classes needs class labels, but this dataset has regression targets.")
     if classes is not None:
         x, y = select_classes(x, y, classes, c)
         xt, yt = select_classes(xt, yt, classes, c)

@@ -8,6 +8,7 @@ import numpy as np
 from torch import nn
 
 from ntklab.arch import ZOO, Spec, from_layers
+from ntklab.arch.factory import build_user_model
 from ntklab.config import AnyConfig, ArchConfig
 from ntklab.data.prepare import Splits
 from ntklab.errors import ArchError
@@ -63,9 +64,16 @@ def batch_seed(cfg: AnyConfig, seed_index: int, n: int) -> int:
 
 
 def init_model(ctx: Any, seed_index: int, width: int | None = None) -> nn.Module:
-    """The network at initialization for repetition ``seed_index``, on the run's device."""
-    spec = build_spec(ctx.cfg.arch, ctx.splits.num_outputs, width)
-    return spec.module(ctx.splits.input_shape, seed=init_seed(ctx.cfg, seed_index)).to(ctx.device)
+    """The network at initialization for repetition ``seed_index``, on the run's device.
+
+    Built from the spec, or by the user's ``arch.factory`` (seeded with the same init seed).
+    """
+    s, seed = ctx.splits, init_seed(ctx.cfg, seed_index)
+    if ctx.cfg.arch.factory is not None:
+        model = build_user_model(ctx.cfg.arch.factory, seed, s.input_shape, s.num_outputs)
+    else:
+        model = build_spec(ctx.cfg.arch, s.num_outputs, width).module(s.input_shape, seed=seed)
+    return model.to(ctx.device)
 
 
 def eval_points(s: Splits) -> np.ndarray:
