@@ -46,6 +46,8 @@ class DataConfig(Section):
     classes: list[int | list[int]] | None = None  # class subset; each entry a label or a group
     standardize: Literal["feature", "channel", "none"] = "feature"
     zca: Annotated[float, Field(gt=0)] | None = None  # ZCA regularization strength (images)
+    downsample: Annotated[int, Field(ge=1, le=64)] = 1  # average-pool images by this factor (32 -> 8 with 4)
+    channels: Literal[1, 3] | None = None  # 3 repeats grayscale (MNIST) to RGB; 1 averages RGB to gray
     seed: Annotated[int, Field(ge=0)] = 0  # the pool permutation (nested subsets)
 
     @model_validator(mode="after")

@@ -95,6 +95,29 @@ def fit_standardizer(x: np.ndarray, how: str) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.where(std > 1e-12, std, 1.0)
 
 
+def reshape_images(x: np.ndarray, downsample: int = 1, channels: int | None = None) -> np.ndarray:
+    """Average-pool (N, C, H, W) images by ``downsample`` and convert channels (1 <-> 3).
+
+    Per-sample operations only, so they never leak information between splits.
+    """
+    if downsample > 1:
+        if x.ndim != 4 or x.shape[2] % downsample or x.shape[3] % downsample:
+            raise DataError(
+                f"data.downsample = {downsample} needs images whose height and width it divides; "
+                f"got samples of shape {x.shape[1:]}."
+            )
+        n, c, h, w = x.shape
+        x = x.reshape(n, c, h // downsample, downsample, w // downsample, downsample).mean((3, 5))
+    if channels is not None and x.ndim >= 3 and x.shape[1] != channels:
+        if channels == 3 and x.shape[1] == 1:
+            x = np.repeat(x, 3, axis=1)
+        elif channels == 1:
+            x = x.mean(1, keepdims=True)
+        else:
+            raise DataError(f"data.channels = {channels} cannot be made from {x.shape[1]} input channels.")
+    return x.astype(np.float32, copy=False)
+
+
 def prepare(
     raw: RawDataset,
     *,
@@ -105,9 +128,13 @@ def prepare(
     classes: list[int | list[int]] | None = None,
     standardize: str = "feature",
     zca: float | None = None,
+    downsample: int = 1,
+    channels: int | None = None,
 ) -> Splits:
     """Split, standardize and encode ``raw`` (see the module docstring for the rules)."""
     x, y, xt, yt, c = raw.x_train, raw.y_train, raw.x_test, raw.y_test, raw.num_classes
+    if downsample > 1 or channels is not None:
+        x, xt = reshape_images(x, downsample, channels), reshape_images(xt, downsample, channels)
     if classes is not None and c == 0:
         raise DataError("data.classes needs class labels, but this dataset has regression targets.")
     if classes is not None:

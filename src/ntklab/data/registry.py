@@ -71,4 +71,6 @@ def load_splits(cfg: DataConfig, n_max: int | None = None) -> Splits:
         classes=cfg.classes,
         standardize=cfg.standardize,
         zca=cfg.zca,
+        downsample=cfg.downsample,
+        channels=cfg.channels,
     )
