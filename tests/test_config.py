@@ -61,3 +61,12 @@ def test_epochs_replace_steps() -> None:
     cfg = load_config(None, ["train.epochs=2", "train.batch_size=50"])
     assert cfg.train.steps is None
     assert cfg.train.total_steps(100) == 4
+
+
+def test_example_configs_validate() -> None:
+    from pathlib import Path
+
+    files = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"))
+    assert len(files) >= 5
+    for f in files:
+        assert load_config(f).experiment in EXPERIMENTS
