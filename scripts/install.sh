@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install ntklab (editable) into the current Python, plus extras: scripts/install.sh [test|ray|...]
+# Install ntklab (editable) into the current Python, plus extras: scripts/install.sh [test|ray|test,ray]
 # A torch the user already has (a CUDA build included) is kept; without one, the pinned
 # release is installed (on machines with a local CPU wheel of it, that is a seconds-long install).
 set -euo pipefail

@@ -28,21 +28,29 @@ def exponent_table(summary: dict[str, Any]) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """``ntklab run``: plan, compute the missing units (local or Ray), analyze, print exponents."""
     from ntklab.config import load_config
     from ntklab.run.executors import make_executor
     from ntklab.run.runner import default_out, run_experiment
 
     cfg = load_config(args.config, args.set)
     out = Path(args.out) if args.out else default_out(cfg)
-    executor = make_executor(args.executor, args.address)
-    summary = run_experiment(
-        cfg,
-        out,
-        executor=executor,
-        retry_failed=args.retry_failed,
-        progress=None if not args.quiet else False,
+    executor = make_executor(args.executor, args.address, args.workers, args.threads, args.gpus)
+    try:
+        summary = run_experiment(
+            cfg,
+            out,
+            executor=executor,
+            retry_failed=args.retry_failed,
+            progress=None if not args.quiet else False,
+        )
+    finally:
+        executor.close()
+    u = summary["units"]
+    print(
+        f"\n{cfg.experiment} on {cfg.data.name} ({cfg.arch.name}), {summary['seconds']:.1f} s -> {out}"
+        f"\nunits: {u['computed']} computed, {u['cached']} cached, {u['failed']} failed of {u['total']}"
     )
-    print(f"\n{cfg.experiment} on {cfg.data.name} ({cfg.arch.name}), {summary['seconds']:.1f} s -> {out}")
     if summary["failed_units"]:
         print(f"{len(summary['failed_units'])} unit(s) failed (re-run with --retry-failed):")
         for f in summary["failed_units"]:
@@ -60,6 +68,7 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    """``ntklab status RUN_DIR``: done / missing / failed units of a run (from its store)."""
     from ntklab import experiments
     from ntklab.config import load_config
     from ntklab.run.runner import unit_status
@@ -73,10 +82,35 @@ def cmd_status(args: argparse.Namespace) -> int:
     store = Store(json.loads(meta.read_text())["store"])
     status = unit_status(experiments.get(cfg.experiment).plan(cfg), store)
     for s in status:
-        print(f"{s['status']:<8} {s['kind']:<10} {s['label']}")
+        line = f"{s['status']:<8} {s['kind']:<10} {s['label']}"
+        print(line + (f"  ({s['error']})" if s["status"] == "failed" else ""))
     counts = {k: sum(s["status"] == k for s in status) for k in ("done", "missing", "failed")}
-    print(f"{counts['done']} done, {counts['missing']} missing, {counts['failed']} failed")
+    print(
+        f"{counts['done']} done, {counts['missing']} missing, {counts['failed']} failed (store {store.root})"
+    )
     return 0
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    """argparse type: a number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0; got {text!r}")
+    return value
 
 
 def parser() -> argparse.ArgumentParser:
@@ -97,8 +131,35 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run an experiment")
     config_args(run)
     run.add_argument("--out", help="run directory (default runs/EXPERIMENT-DIGEST)")
-    run.add_argument("--executor", default="local", choices=["local", "ray"])
-    run.add_argument("--address", default=None, help="Ray cluster address: auto or HOST:PORT")
+    run.add_argument("--executor", default="local", choices=["local", "ray"], help="where units run")
+    run.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to join: auto or HOST:PORT (default: start a local Ray instance)",
+    )
+    run.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="units at a time: local worker processes (default 1, in-process), "
+        "or CPUs of the local Ray instance (default all cores)",
+    )
+    run.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="torch threads per unit, in every executor (default: the unit's declared CPUs, 1)",
+    )
+    run.add_argument(
+        "--gpus",
+        type=_non_negative_float,
+        default=None,
+        metavar="G",
+        help="Ray only: GPUs per unit, e.g. 1, or 0.25 to run four units on one GPU "
+        "(default: as the unit declares, none)",
+    )
     run.add_argument("--retry-failed", action="store_true", help="re-run units that failed before")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=cmd_run)

@@ -171,29 +171,128 @@ class DataScalingConfig(BaseExperiment):
     experiment: Literal["data-scaling"] = "data-scaling"
 
 
+def _experiment_section_defaults(cls: type[BaseExperiment], data: Any) -> Any:
+    """Merge a raw section table over the experiment's own section defaults.
+
+    An experiment may default a section differently from the base (``data: DataConfig =
+    DataConfig(n_max=1024)``); without this, a file or ``--set`` that names any key of that
+    section would rebuild it from the *base* defaults and silently drop the experiment's.
+    """
+    if not isinstance(data, dict):
+        return data
+    out = dict(data)
+    for name, field in cls.model_fields.items():
+        default = field.default
+        if isinstance(default, Section) and isinstance(out.get(name), dict):
+            out[name] = {**default.model_dump(mode="json", exclude_unset=True), **out[name]}
+    return out
+
+
 class WidthScalingConfig(BaseExperiment):
-    """Data scaling at several widths, and eNTK-to-NTK distance vs width."""
+    """Data scaling at several widths, and eNTK-to-NTK distance vs width.
+
+    Defaults are sized for under 10 minutes of one CPU core (units run single-threaded):
+    ``widths`` (network, eNTK and regression across the n grid 64..1024) stop at 128, and the
+    wider ``probe_widths`` add only the eNTK→NTK distance on the probe set (no training, no
+    regression); 500 test points; 1500 SGD steps at batch 32 (as far per step as batch 128 in
+    the kernel regime, at a quarter of the cost). The paper-scale sweep is ``widths = [16, 32,
+    64, 128, 256, 512]`` with the base data defaults (hours on CPU: a width-512 eNTK on 4096 +
+    1256 points alone is ~10^14 flops).
+    """
 
     experiment: Literal["width-scaling"] = "width-scaling"
-    widths: list[PositiveInt] = [16, 32, 64, 128, 256, 512]
-    probe_size: PositiveInt = 256  # inputs on which eNTK→NTK distance is measured
+    widths: list[PositiveInt] = [16, 32, 64, 128]  # full data scaling (nn, entk) at each width
+    probe_widths: list[PositiveInt] = [256, 512]  # extra widths: eNTK→NTK distance only
+    probe_size: PositiveInt = 256  # the first probe_size training points: eNTK→NTK distance
     methods: list[Literal["nn", "entk", "ntk", "nngp"]] = ["nn", "entk", "ntk"]
+    seeds: Annotated[int, Field(ge=1, le=1000)] = 2
+    data: DataConfig = DataConfig(n_max=1024, n_val=128, n_test=500)
+    train: TrainConfig = TrainConfig(batch_size=32, steps=1500)
+
+    _section_defaults = model_validator(mode="before")(classmethod(_experiment_section_defaults))
+
+    @model_validator(mode="after")
+    def _widths(self) -> WidthScalingConfig:
+        if self.arch.layers is not None or self.arch.factory is not None:
+            raise ValueError(
+                "width-scaling varies arch.width, so it needs a zoo architecture (arch.name), "
+                "not arch.layers or arch.factory"
+            )
+        if self.arch.parameterization == "standard" and {"ntk", "nngp"} & set(self.methods):
+            raise ValueError(
+                "width-scaling compares every width with one infinite-width kernel, which needs "
+                "arch.parameterization = 'ntk' (in the standard parameterization the NTK grows with "
+                "the width); use it or drop ntk and nngp from methods"
+            )
+        if self.kernel.mode == "full":
+            raise ValueError(
+                "width-scaling regresses with one scalar kernel per width: kernel.mode must be "
+                "trace, logit-sum or single, not full"
+            )
+        if self.probe_size > self.data.n_max:
+            raise ValueError(
+                f"probe_size ({self.probe_size}) must be at most data.n_max ({self.data.n_max}): "
+                "the probe set is the first probe_size training points"
+            )
+        self.widths = sorted(set(self.widths))
+        self.probe_widths = sorted(set(self.probe_widths) - set(self.widths))
+        return self
 
 
 class PretrainedConfig(Section):
-    """The after-kernel: eNTK after training on n0 samples."""
+    """The after-kernel: eNTK after training on n0 samples.
+
+    Pre-training length: ``steps``, else ``epochs`` (steps = ⌈epochs · n0 / min(batch, n0)⌉),
+    else the network's own (``train.steps`` / ``train.epochs``), so that the variant
+    pre-trained on n0 = n trains exactly the network of method ``nn`` at n.
+    """
 
     n0: list[PositiveInt] = [1024]
-    epochs: Annotated[float, Field(gt=0)] | None = None  # pre-training length; None = train.steps
+    epochs: Annotated[float, Field(gt=0)] | None = None  # pre-training length in epochs ...
+    steps: Annotated[int, Field(ge=0)] | None = None  # ... or in optimizer steps (0 = init)
     grow: bool = True  # also the variant pre-trained on the same n as the regression
+
+    @model_validator(mode="after")
+    def _length(self) -> PretrainedConfig:
+        if self.epochs is not None and self.steps is not None:
+            raise ValueError("set at most one of pretrained.epochs and pretrained.steps")
+        self.n0 = sorted(set(self.n0))
+        return self
 
 
 class PretrainedKernelConfig(BaseExperiment):
-    """Kernel regression with the eNTK after training on n0 samples."""
+    """Kernel regression with the eNTK after training on n0 samples.
+
+    Defaults are sized for under 10 minutes of one CPU core (units run single-threaded): n grid
+    64..2048, 2 seeds, 500 test points, 1500 SGD steps at batch 32, width 32.
+    """
 
     experiment: Literal["pretrained-kernel"] = "pretrained-kernel"
     pretrained: PretrainedConfig = PretrainedConfig()
     methods: list[Literal["nn", "entk", "ntk", "nngp"]] = ["nn", "entk", "ntk"]
+    seeds: Annotated[int, Field(ge=1, le=1000)] = 2
+    data: DataConfig = DataConfig(n_max=2048, n_val=128, n_test=500)
+    train: TrainConfig = TrainConfig(batch_size=32, steps=1500)
+
+    _section_defaults = model_validator(mode="before")(classmethod(_experiment_section_defaults))
+
+    @model_validator(mode="after")
+    def _pretrained(self) -> PretrainedKernelConfig:
+        if self.kernel.mode == "full":
+            raise ValueError(
+                "pretrained-kernel regresses with one scalar kernel: kernel.mode must be trace, "
+                "logit-sum or single, not full"
+            )
+        return self
+
+    def pretrain_steps(self, n0: int) -> int:
+        """Optimizer steps of the pre-training on n0 samples (see :class:`PretrainedConfig`)."""
+        p = self.pretrained
+        if p.steps is not None:
+            return p.steps
+        if p.epochs is not None:
+            return max(1, math.ceil(p.epochs * n0 / min(self.train.batch_size, n0)))
+        return self.train.total_steps(n0)
 
 
 class EvolutionConfig(Section):
@@ -205,6 +304,19 @@ class EvolutionConfig(Section):
     probe_train: PositiveInt = 512
     probe_test: PositiveInt = 512
     top_eigenvalues: PositiveInt = 10
+    regress_n: PositiveInt = 1024  # K_t regression on the first regress_n training points (<= n)
+    milestone_window: Annotated[float, Field(ge=0, lt=0.5)] = 0.02  # schedule "step": checkpoints
+    # at each milestone and this fraction of training before/after it (0 = the milestone only)
+
+    @model_validator(mode="after")
+    def _sizes(self) -> EvolutionConfig:
+        for key in ("regress_n", "probe_train"):
+            if getattr(self, key) > self.n:
+                raise ValueError(
+                    f"evolution.{key} ({getattr(self, key)}) must be at most evolution.n ({self.n}): "
+                    "its points are the first ones the network trains on"
+                )
+        return self
 
 
 class KernelEvolutionConfig(BaseExperiment):
@@ -213,6 +325,27 @@ class KernelEvolutionConfig(BaseExperiment):
     experiment: Literal["kernel-evolution"] = "kernel-evolution"
     evolution: EvolutionConfig = EvolutionConfig()
     seeds: Annotated[int, Field(ge=1, le=1000)] = 1
+
+    @model_validator(mode="after")
+    def _evolution(self) -> KernelEvolutionConfig:
+        if self.kernel.mode == "full":
+            raise ValueError(
+                "kernel-evolution compares one scalar kernel per checkpoint: kernel.mode must be "
+                "trace, logit-sum or single, not full"
+            )
+        total = self.train.total_steps(self.evolution.n)
+        late = [s for s in self.evolution.checkpoint_steps or [] if s > total]
+        if late:
+            raise ValueError(
+                f"evolution.checkpoint_steps has step {late[0]} after the end of training "
+                f"({total} steps on evolution.n = {self.evolution.n} samples)"
+            )
+        if self.data.n_test is not None and self.evolution.probe_test > self.data.n_test:
+            raise ValueError(
+                f"evolution.probe_test ({self.evolution.probe_test}) must be at most data.n_test "
+                f"({self.data.n_test})"
+            )
+        return self
 
 
 EXPERIMENTS: dict[str, type[BaseExperiment]] = {

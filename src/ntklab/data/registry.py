@@ -50,13 +50,26 @@ LOADERS: dict[str, Callable[[DataConfig, int], RawDataset]] = {
 }
 
 
+PARTIAL = ("cifar10", "cifar5m", "svhn", "mnist", "fashion-mnist")  # loaders that read only n_train
+
+
+def training_read(cfg: DataConfig, n_max: int | None = None) -> int | None:
+    """How many training samples :func:`load_raw` reads (None: all of them).
+
+    The validation/training permutation and the standardization are fitted on what is read, so
+    for these datasets this number is part of what determines every sample a unit sees.
+    """
+    if cfg.name not in PARTIAL or cfg.classes:
+        return None
+    return (n_max or cfg.n_max) + cfg.n_val
+
+
 def load_raw(cfg: DataConfig, n_max: int | None = None) -> RawDataset:
     """The raw dataset named by ``cfg.name``; only as much as ``n_max`` needs where possible."""
     if cfg.name not in LOADERS:
         raise DataError(f"unknown dataset {cfg.name!r}; allowed: {', '.join(LOADERS)}.")
-    need = (n_max or cfg.n_max) + cfg.n_val
     # class subsets need the whole pool to find enough samples of the chosen classes
-    return LOADERS[cfg.name](cfg, None if cfg.classes else need)
+    return LOADERS[cfg.name](cfg, training_read(cfg, n_max))
 
 
 def load_splits(cfg: DataConfig, n_max: int | None = None) -> Splits:

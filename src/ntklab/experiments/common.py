@@ -46,10 +46,21 @@ def arch_reads(cfg: AnyConfig, width: int | None = None) -> dict[str, Any]:
 
 
 def data_reads(cfg: AnyConfig) -> dict[str, Any]:
-    """The data fields a unit depends on (the grid bounds do not change any sample)."""
+    """The data fields a unit depends on.
+
+    The grid bounds do not change any sample, except for the on-disk image datasets that are
+    read only as far as the run needs: there the number of training samples read
+    (:func:`ntklab.data.registry.training_read`) is added as ``pool``.
+    """
+    from ntklab.data.registry import training_read
+    from ntklab.run.context import RunContext
+
     d = cfg.data.model_dump(mode="json")
     for k in ("n_min", "n_max", "grid_factor"):
         d.pop(k)
+    pool = training_read(cfg.data, RunContext(cfg).n_max)
+    if pool is not None:
+        d["pool"] = pool
     return d
 
 

@@ -1,7 +1,20 @@
 """Empirical NTK of any ``nn.Module``, tiled under a memory budget, accumulated in float64.
 
-Θ(x, x') = Σ_p ∂f(x)/∂θ_p · ∂f(x')/∂θ_p over all trainable parameters (DESIGN.md), with the
-output modes of :mod:`ntklab.kernels.modes`.
+Θ(x, x') = Σ_p ∂f(x)/∂θ_p · ∂f(x')/∂θ_p over all differentiated parameters (DESIGN.md), with
+the output modes of :mod:`ntklab.kernels.modes`. Three exact implementations sit behind
+:func:`empirical_ntk`, chosen by a cost estimate (:mod:`ntklab.kernels.tiling`):
+
+* Jacobian contraction (:mod:`ntklab.kernels.jacobian`) — per-sample Jacobians from one
+  batched forward and C' backward passes (weight gradients Σ_t δ[t] ⊗ a[t] per layer),
+  one GEMM per tile; 2·n1·n2·C'·P flops.
+* Structured (:mod:`ntklab.kernels.structured`) — per Linear/Conv layer Σ_{t,t'} (w_s² a·a′ +
+  b_s²)(δ·δ′) from two Gram matrices; 2·n1·n2·T²·(C'·O + K) flops, far cheaper for Dense
+  layers.
+* NTK-vector products (:mod:`ntklab.kernels.ntvp`) — VJP then JVP, O(P) memory.
+
+Layers that are not recognised (anything but Linear, Conv1d/2d, ntklab's Dense/Conv and
+affine normalizations) fall back to per-sample ``torch.func`` VJPs. Models that mix samples
+within a batch are refused (:class:`ntklab.kernels.capture.ModelError`).
 """
 
 from __future__ import annotations
@@ -9,49 +22,33 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
-from torch.func import jacrev, vmap
 
-from ntklab.kernels.functional import FunctionalModel, functionalize
-from ntklab.kernels.modes import check_mode, contract, output_shape, reduce_outputs
-from ntklab.kernels.precision import no_tf32
-from ntklab.progress import progress_bar
+from ntklab.kernels.capture import ModelError
+from ntklab.kernels.storage import iter_row_blocks, kernel_matmul, load_kernel, read_block
+from ntklab.kernels.tiling import IMPLEMENTATIONS, compute_ntk
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BUDGET = 2**30
 
-
-def jacobian_blocks(
-    fm: FunctionalModel, x: torch.Tensor, mode: str, output_index: int | None
-) -> list[torch.Tensor]:
-    """Per-sample Jacobians of ``x`` (b, ...) as one block per parameter tensor.
-
-    Each block is (b, C, p) (``full``/``trace``) or (b, p) (``logit-sum``/``single``), in the
-    model's dtype, computed with ``vmap(jacrev)``.
-    """
-    jac = vmap(jacrev(fm.single), in_dims=(None, 0))(fm.params, x)
-    return [reduce_outputs(j.flatten(2), mode, output_index) for j in jac.values()]
-
-
-def _contract_blocks(b1: list[torch.Tensor], b2: list[torch.Tensor], mode: str) -> torch.Tensor:
-    """Σ over parameter blocks of the mode contraction, each product in the blocks' dtype and
-    accumulated in float64."""
-    acc = None
-    for j1, j2 in zip(b1, b2):
-        part = contract(j1, j2, mode).double()
-        acc = part if acc is None else acc.add_(part)
-    return acc
-
-
-def tile_size(n_outputs: int, n_params: int, itemsize: int, mode: str, budget: int) -> int:
-    """Samples per tile so that two tiles of Jacobians (and vmap's workspace) fit ``budget``."""
-    per_sample = (n_outputs if mode in ("full", "trace") else 1) * n_params * itemsize
-    # jacrev materializes the C×P Jacobian per sample before reduction; count it twice.
-    per_sample = max(per_sample, n_outputs * n_params * itemsize) * 2
-    return max(1, int(budget // (2 * per_sample)))
+__all__ = [
+    "DEFAULT_BUDGET",
+    "IMPLEMENTATIONS",
+    "ModelError",
+    "empirical_ntk",
+    "empirical_ntk_to_disk",
+    "iter_row_blocks",
+    "kernel_matmul",
+    "load_kernel",
+    "n_tiles",
+    "read_block",
+]
 
 
 def empirical_ntk(
@@ -65,66 +62,90 @@ def empirical_ntk(
     memory_budget_bytes: int = DEFAULT_BUDGET,
     tile: int | None = None,
     progress: bool | None = None,
-) -> torch.Tensor:
+    implementation: str = "auto",
+    out: str | Path | None = None,
+    stats: dict[str, Any] | None = None,
+) -> torch.Tensor | np.memmap:
     """Empirical NTK of ``model`` between ``x1`` (n1, ...) and ``x2`` (n2, ...).
 
     Parameters
     ----------
     model : nn.Module
-        Any module mapping a batch (N, ...) to outputs (N, C) (or (N,)); it must not mix
-        samples within a batch (use ``model.eval()`` for BatchNorm).
+        Any module mapping a batch (N, ...) to outputs (N, C) (or (N,), or (N, *out) flattened
+        to C); it must treat samples independently (``model.eval()`` for BatchNorm, no
+        dropout in training mode), else :class:`ModelError`.
     x1, x2 : Tensor
-        Inputs in the model's layout; ``x2=None`` means ``x1`` (only tiles i <= j are computed).
+        Inputs in the model's layout (floating inputs are cast to the model's dtype);
+        ``x2=None`` means ``x1`` and computes only the blocks on and above the diagonal.
     mode : {"trace", "full", "logit-sum", "single"}
         Output mode (see :mod:`ntklab.kernels.modes`).
     output_index : int, optional
         The output for ``mode="single"``.
     params : callable, optional
-        ``(name, tensor) -> bool`` choosing differentiated parameters (default: requires_grad).
+        ``(name, tensor) -> bool`` choosing differentiated parameters (default: those with
+        ``requires_grad``); the others are held fixed, like buffers.
     memory_budget_bytes : int
-        Bounds the Jacobian tiles held at once.
+        Working memory for features and temporaries; decides the tile sizes. The result
+        itself is held in memory unless ``out`` is given (a warning is logged when it alone
+        exceeds the budget).
     tile : int, optional
-        Samples per tile (overrides the budget).
+        Samples per tile (overrides the budget; mainly for tests).
+    progress : bool, optional
+        Show a progress bar (None: only on a terminal).
+    implementation : {"auto", "jacobian", "structured", "ntvp"}
+        ``auto`` picks by estimated cost, per layer between the Gram and Jacobian routes
+        (logged at DEBUG on ``ntklab.kernels.empirical``).
+    out : str or Path, optional
+        Write the kernel tile by tile to this float64 ``.npy`` memmap instead of memory and
+        return the memmap (read it back with :func:`load_kernel`, :func:`iter_row_blocks`).
+    stats : dict, optional
+        Filled with timings (``features_s``, ``contract_s``), ``contract_flops``, the chosen
+        ``implementation``, tile sizes and the cost estimates.
 
     Returns
     -------
-    Tensor, float64, on the model's device
+    Tensor (float64, on the model's device) or numpy.memmap (float64) when ``out`` is given
         (n1, n2), or (n1, n2, C, C) for ``full``.
+
+    Example
+    -------
+    >>> from ntklab.arch import mlp
+    >>> net = mlp(1, 64, out=3).module((5,))
+    >>> empirical_ntk(net, torch.randn(4, 5)).shape
+    torch.Size([4, 4])
     """
-    fm = functionalize(model, x1, params)
-    check_mode(mode, output_index, fm.n_outputs)
-    sym = x2 is None
-    x1 = x1.to(fm.device, fm.dtype)
-    x2 = x1 if sym else x2.to(fm.device, fm.dtype)
-    n1, n2 = len(x1), len(x2)
-    itemsize = torch.finfo(fm.dtype).bits // 8
-    t = tile or tile_size(fm.n_outputs, fm.n_params, itemsize, mode, memory_budget_bytes)
-    out = torch.zeros(output_shape(n1, n2, mode, fm.n_outputs), dtype=torch.float64, device=fm.device)
-    rows = [(i, min(i + t, n1)) for i in range(0, n1, t)]
-    cols = [(j, min(j + t, n2)) for j in range(0, n2, t)]
-    pairs = [(r, c) for r in rows for c in cols if not sym or c[0] >= r[0]]
-    log.debug(
-        "eNTK: jacobian contraction, C=%d P=%d tile=%d, %d tile pairs",
-        fm.n_outputs,
-        fm.n_params,
-        t,
-        len(pairs),
+    return compute_ntk(
+        model,
+        x1,
+        x2,
+        mode,
+        output_index,
+        params=params,
+        memory_budget_bytes=memory_budget_bytes,
+        tile=tile,
+        progress=progress,
+        implementation=implementation,
+        out=out,
+        stats=stats,
     )
-    with no_tf32(), progress_bar(total=len(pairs), desc="eNTK", enabled=progress and len(pairs) > 1) as bar:
-        for r0, r1 in rows:
-            jr = jacobian_blocks(fm, x1[r0:r1], mode, output_index)
-            for c0, c1 in cols:
-                if sym and c0 < r0:
-                    continue
-                jc = jr if (sym and c0 == r0) else jacobian_blocks(fm, x2[c0:c1], mode, output_index)
-                block = _contract_blocks(jr, jc, mode)
-                out[r0:r1, c0:c1] = block
-                if sym and c0 != r0:
-                    out[c0:c1, r0:r1] = (
-                        block.transpose(0, 1) if block.ndim == 2 else block.permute(1, 0, 3, 2)
-                    )
-                bar.update(1)
-    return out
+
+
+def empirical_ntk_to_disk(
+    model: nn.Module,
+    x1: torch.Tensor,
+    x2: torch.Tensor | None,
+    out: str | Path,
+    mode: str = "trace",
+    output_index: int | None = None,
+    **kwargs: Any,
+) -> np.memmap:
+    """:func:`empirical_ntk` written tile by tile to the float64 ``.npy`` file ``out``.
+
+    Memory stays within ``memory_budget_bytes`` whatever the kernel size; returns the memmap.
+    """
+    res = empirical_ntk(model, x1, x2, mode, output_index, out=out, **kwargs)
+    assert isinstance(res, np.memmap)
+    return res
 
 
 def n_tiles(n: int, tile: int) -> int:

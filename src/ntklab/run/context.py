@@ -27,9 +27,9 @@ class RunContext:
     def n_max(self) -> int:
         """Largest training-set size any unit of this config uses."""
         cfg = self.cfg
-        extra = [cfg.evolution.n] if cfg.experiment == "kernel-evolution" else []
-        if cfg.experiment == "pretrained-kernel":
-            extra = list(cfg.pretrained.n0)
+        if cfg.experiment == "kernel-evolution":
+            return cfg.evolution.n
+        extra = list(cfg.pretrained.n0) if cfg.experiment == "pretrained-kernel" else []
         return max([cfg.data.n_max, *extra])
 
     @cached_property

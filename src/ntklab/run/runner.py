@@ -1,9 +1,9 @@
 """Run an experiment into a run directory: plan units, execute the missing ones, analyze, write.
 
 The run directory holds ``config.toml`` (resolved), ``results.csv`` (tidy), ``summary.json``,
-``units.json`` (every unit with its status) and the figures. Unit results live in a
-content-addressed store shared by all runs, so a re-run (after a crash, or of another
-experiment that needs the same kernel) computes only what is missing.
+``units.json`` (every unit with its status and what this run did with it) and the figures.
+Unit results live in a content-addressed store shared by all runs, so a re-run (after a crash,
+or of another experiment that needs the same kernel) computes only what is missing.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -23,8 +23,10 @@ from ntklab.errors import RunDirError
 from ntklab.experiments.common import build_spec
 from ntklab.experiments.tidy import COLUMNS
 from ntklab.run.context import RunContext
-from ntklab.run.executors import LocalExecutor, Outcome
-from ntklab.run.store import Store, atomic_write
+from ntklab.run.executors import LocalExecutor, Outcome, with_threads
+from ntklab.run.store import CorruptEntryError, Store, atomic_write
+
+log = logging.getLogger(__name__)
 
 
 def default_store() -> Store:
@@ -76,6 +78,27 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write(path, buf.getvalue().encode())
 
 
+def load_results(units: list, store: Store) -> tuple[dict[str, Any], list]:
+    """Stored results of ``units`` by key, and the units whose entry was unreadable.
+
+    An unreadable (corrupt) entry is discarded with a warning, so that it is recomputed.
+    """
+    results: dict[str, Any] = {}
+    corrupt = []
+    for u in {u.key: u for u in units}.values():
+        if not store.has(u.key):
+            continue
+        try:
+            results[u.key] = store.load(u.key)
+        except (KeyError, CorruptEntryError) as exc:
+            log.warning(
+                "stored result of unit %s (%s) is unreadable (%s); recomputing it", u.label, u.key, exc
+            )
+            store.discard(u.key)
+            corrupt.append(u)
+    return results, corrupt
+
+
 def run_experiment(
     cfg: AnyConfig,
     out: Path | None = None,
@@ -85,39 +108,53 @@ def run_experiment(
     retry_failed: bool = False,
     progress: bool | None = None,
 ) -> dict[str, Any]:
-    """Run ``cfg`` into ``out``; returns the summary (also written to ``summary.json``)."""
+    """Run ``cfg`` into ``out``; returns the summary (also written to ``summary.json``).
+
+    Only the units the store lacks are computed (previously failed ones only with
+    ``retry_failed``); a corrupt stored entry is recomputed. The tables and exponents depend
+    only on the stored results, so an interrupted run, resumed, gives the same files as an
+    uninterrupted one.
+    """
     t0 = time.perf_counter()
     out = Path(out) if out is not None else default_out(cfg)
     store = store or default_store()
     executor = executor or LocalExecutor()
     exp = experiments.get(cfg.experiment)
     ctx = RunContext(cfg, progress)
+    ctx.store = store  # type: ignore[attr-defined]  # units that read other units' results
     check_inputs(cfg, ctx)
     prepare_run_dir(cfg, out, store)
+    store.clean_tmp()
     units = exp.plan(cfg)
-    outcome: Outcome = executor.run(units, lambda: ctx, store, retry_failed=retry_failed, progress=progress)
-    results = {u.key: store.load(u.key) for u in units if store.has(u.key)}
-    write_manifest(out, units, store)
+    run = dict(retry_failed=retry_failed, progress=progress)
+    outcome: Outcome = executor.run(units, ctx, store, **run)
+    results, corrupt = load_results(units, store)
+    if corrupt:
+        outcome.merge(executor.run(corrupt, ctx, store, **run))
+        again, _ = load_results(corrupt, store)
+        results.update(again)
+    write_manifest(out, units, store, outcome)
     rows, extra = exp.analyze(cfg, results, ctx)
     write_csv(out / "results.csv", rows)
+    labels = {u.key: u.label for u in units}
     summary = {
         "experiment": cfg.experiment,
         **extra,
         "metric": cfg.fit.metric,
         "seconds": time.perf_counter() - t0,
         "units": {
-            "total": len({u.key for u in units}),
+            "total": len(labels),
             "computed": len(outcome.computed),
             "cached": len(outcome.cached),
             "failed": len(outcome.failed),
         },
-        "failed_units": [
-            {"unit": next(u.label for u in units if u.key == k), "error": e}
-            for k, e in outcome.failed.items()
-        ],
+        "failed_units": [{"unit": labels[k], "key": k, "error": e} for k, e in outcome.failed.items()],
+        "executor": getattr(executor, "name", type(executor).__name__),
         "config_digest": cfg.digest(),
         "device": str(ctx.device),
-        "threads": int(os.environ.get("OMP_NUM_THREADS", 0)) or None,
+        "threads": max(
+            (u.threads for u in with_threads(units, getattr(executor, "threads", None))), default=1
+        ),
     }
     summary["figures"] = [str(p.name) for p in exp.figures(cfg, rows, summary, out)]
     atomic_write(out / "summary.json", json.dumps(summary, indent=1).encode())
@@ -125,13 +162,29 @@ def run_experiment(
 
 
 def unit_status(units: list, store: Store) -> list[dict[str, str]]:
-    """done / failed / missing for every unit."""
+    """done / failed / missing for every unit (with the error of failed ones)."""
     out = []
     for u in {u.key: u for u in units}.values():
-        status = "done" if store.has(u.key) else ("failed" if store.failure(u.key) else "missing")
-        out.append({"key": u.key, "kind": u.kind, "label": u.label, "status": status})
+        rec = {"key": u.key, "kind": u.kind, "label": u.label}
+        if store.has(u.key):
+            rec["status"] = "done"
+        elif (fail := store.failure(u.key)) is not None:
+            rec["status"], rec["error"] = "failed", fail["error"]
+        else:
+            rec["status"] = "missing"
+        out.append(rec)
     return out
 
 
-def write_manifest(out: Path, units: list, store: Store) -> None:
-    atomic_write(out / "units.json", json.dumps(unit_status(units, store), indent=1).encode())
+def write_manifest(out: Path, units: list, store: Store, outcome: Outcome | None = None) -> None:
+    """``units.json``: every unit with its status, and what this run did with it
+    (``this_run``: computed / cached / failed)."""
+    status = unit_status(units, store)
+    if outcome is not None:
+        done = {**dict.fromkeys(outcome.cached, "cached"), **dict.fromkeys(outcome.computed, "computed")}
+        done.update(dict.fromkeys(outcome.failed, "failed"))
+        for s in status:
+            s["this_run"] = done.get(s["key"], "not run")
+            if s["key"] in outcome.seconds:
+                s["seconds"] = round(outcome.seconds[s["key"]], 3)
+    atomic_write(out / "units.json", json.dumps(status, indent=1).encode())

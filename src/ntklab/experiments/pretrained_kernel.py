@@ -1,0 +1,188 @@
+"""Experiment ``pretrained-kernel``: kernel regression with the after-kernel.
+
+Vyas, Bansal & Nakkiran (arXiv 2206.10012, §4): train the network on the first n₀ samples for
+T steps (``pretrained.steps`` / ``pretrained.epochs``, default the network's own training
+length), take its eNTK there,
+
+    Θ_T(x, x') = Σ_p ∂f(x; θ_T)/∂θ_p · ∂f(x'; θ_T)/∂θ_p,
+
+and run kernel ridge regression f̂(x) = Θ_T(x, X)(Θ_T(X, X) + λ·(tr Θ_T / n)·I)⁻¹ Y on the
+first n samples for every n of the grid (n smaller or larger than n₀: the n₀ pre-training
+samples are the first n₀ of the same nested pool). Methods, one test-loss curve each, fitted by
+L(n) ≈ a·n^(−α):
+
+* ``nn``: the network trained from scratch on each n (units shared with ``data-scaling``);
+* ``entk``: the eNTK at initialization; ``ntk`` (``nngp``): the infinite-width kernels;
+* ``after_kernel@n0=N0``: the after-kernel of the network pre-trained on N0 samples, fixed,
+  for every n (one per value of ``pretrained.n0``);
+* ``after_kernel@n0=n`` (``pretrained.grow``): for each n the after-kernel of the network
+  pre-trained on that same n; with the default pre-training length this is the eNTK of the
+  very network of method ``nn`` at n, so its α shows whether the after-kernel keeps up with
+  the network's.
+
+The summary adds, per after-kernel method, ``alpha_minus_nn`` (α − α_nn), the mean test loss
+table ``mean_loss`` {method: {n: L}}, the pre-trained networks' own test loss and the cosine
+kernel distance S(Θ_T, Θ_0) = 1 − ⟨Θ_T, Θ_0⟩_F / (‖Θ_T‖_F ‖Θ_0‖_F) to the eNTK at init on the
+first ``min(256, n_max)`` training points (how far the kernel moved).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ntklab.config import PretrainedKernelConfig
+from ntklab.experiments.after_kernel import after_kernel_unit
+from ntklab.experiments.common import regress_grid
+from ntklab.experiments.data_scaling import (
+    METRICS,
+    entk_unit,
+    infinite_unit,
+    kernel_rows,
+    nn_rows,
+    train_unit,
+)
+from ntklab.experiments.tidy import exponents, row, rows_from
+from ntklab.kernels.metrics import kernel_distance
+from ntklab.run.units import Unit
+
+NAME = "pretrained-kernel"
+GROW = "after_kernel@n0=n"
+MOVE_PROBE = 256  # training points on which the after-kernel's distance to init is measured
+
+
+def fixed_method(n0: int) -> str:
+    """Method name of the after-kernel pre-trained on n0 samples: ``after_kernel@n0=1024``."""
+    return f"after_kernel@n0={n0}"
+
+
+def fixed_unit(cfg: PretrainedKernelConfig, n0: int, seed_index: int) -> Unit:
+    """After-kernel pre-trained on n0, on the largest n of the grid."""
+    return after_kernel_unit(cfg, n0, cfg.data.n_max, seed_index, cfg.pretrain_steps(n0))
+
+
+def grow_unit(cfg: PretrainedKernelConfig, n: int, seed_index: int) -> Unit:
+    """After-kernel pre-trained on n, on the same n."""
+    return after_kernel_unit(cfg, n, n, seed_index, cfg.pretrain_steps(n))
+
+
+def plan(cfg: PretrainedKernelConfig) -> list[Unit]:
+    """Every unit of the experiment (per repetition: eNTK, networks, after-kernels)."""
+    grid, n_max = cfg.data.n_grid(), cfg.data.n_max
+    units: list[Unit] = []
+    if {"ntk", "nngp"} & set(cfg.methods):
+        units.append(infinite_unit(cfg, n_max))
+    for i in range(cfg.seeds):
+        if "entk" in cfg.methods:
+            units.append(entk_unit(cfg, n_max, i))
+        if "nn" in cfg.methods:
+            units += [train_unit(cfg, n, i) for n in grid]
+        units += [fixed_unit(cfg, n0, i) for n0 in cfg.pretrained.n0]
+        if cfg.pretrained.grow:
+            units += [grow_unit(cfg, n, i) for n in grid]
+    return units
+
+
+def pretrain_rows(cfg: PretrainedKernelConfig, name: str, res: dict, n0: int, seed: int) -> list[dict]:
+    """The pre-trained network's own metrics (``pretrain_*``, at n = n0, step = T)."""
+    w = cfg.arch.width
+    return [
+        row(cfg.experiment, name, n0, w, seed, res["steps"], f"pretrain_{m}", res[m])
+        for m in ("test_mse", "test_error", "train_mse", "train_error")
+    ]
+
+
+def mean_of(rows: list[dict], method: str, metric: str, n: int | None = None) -> float | None:
+    """Mean over repetitions of ``metric`` of ``method`` (at n when given); None if absent."""
+    vals = [
+        r["value"] for r in rows if r["method"] == method and r["metric"] == metric and n in (None, r["n"])
+    ]
+    return float(np.mean(vals)) if vals else None
+
+
+def analyze(
+    cfg: PretrainedKernelConfig, results: dict[str, Any], ctx: Any
+) -> tuple[list[dict], dict[str, Any]]:
+    """Tidy rows and the summary (missing units are skipped)."""
+    grid, n_max, w = cfg.data.n_grid(), cfg.data.n_max, cfg.arch.width
+    q = min(MOVE_PROBE, n_max)
+    rows: list[dict] = []
+    if {"ntk", "nngp"} & set(cfg.methods):
+        inf = results.get(infinite_unit(cfg, n_max).key)
+        if inf is not None:
+            for m in ("ntk", "nngp"):
+                if m in cfg.methods:
+                    rows += kernel_rows(cfg, ctx, m, inf[m], 0, 0, grid)
+    for i in range(cfg.seeds):
+        init = results.get(entk_unit(cfg, n_max, i).key) if "entk" in cfg.methods else None
+        if init is not None:
+            rows += kernel_rows(cfg, ctx, "entk", init, i, w, grid)
+        if "nn" in cfg.methods:
+            for n in grid:
+                r = results.get(train_unit(cfg, n, i).key)
+                if r is not None:
+                    rows += nn_rows(cfg, "nn", r, n, i, w)
+        for n0 in cfg.pretrained.n0:
+            res = results.get(fixed_unit(cfg, n0, i).key)
+            if res is None:
+                continue
+            name = fixed_method(n0)
+            rows += kernel_rows(cfg, ctx, name, res, i, w, grid)
+            rows += pretrain_rows(cfg, name, res, n0, i)
+            if init is not None:
+                s = kernel_distance(res["train"][:q, :q], init["train"][:q, :q])
+                rows.append(row(cfg.experiment, name, q, w, i, res["steps"], "kernel_distance_to_init", s))
+        if cfg.pretrained.grow:
+            for n in grid:
+                res = results.get(grow_unit(cfg, n, i).key)
+                if res is None:
+                    continue
+                (rec,) = regress_grid(
+                    res["train"], res["cross"], ctx.splits, [n], cfg.kernel.ridges, cfg.kernel.ridge
+                )
+                rows += rows_from(cfg.experiment, GROW, w, i, rec, METRICS)
+                rows += pretrain_rows(cfg, GROW, res, n, i)
+
+    exps = exponents(rows, cfg.fit, cfg.seed)
+    methods = sorted({r["method"] for r in rows if r["metric"] == cfg.fit.metric})
+    mean_loss = {
+        m: {str(n): v for n in grid if (v := mean_of(rows, m, cfg.fit.metric, n)) is not None}
+        for m in methods
+    }
+    after = [m for m in exps if m.startswith("after_kernel@")]
+    fixed = [fixed_method(n0) for n0 in cfg.pretrained.n0]
+    moved = {m: v for m in fixed if (v := mean_of(rows, m, "kernel_distance_to_init")) is not None}
+    pre_loss = {m: v for m in fixed if (v := mean_of(rows, m, f"pretrain_{cfg.fit.metric}")) is not None}
+    summary = {
+        "exponents": exps,
+        "alpha_minus_nn": {m: exps[m]["alpha"] - exps["nn"]["alpha"] for m in after if "nn" in exps},
+        "mean_loss": mean_loss,
+        "n_grid": grid,
+        "n0": cfg.pretrained.n0,
+        "pretrain_steps": {str(n0): cfg.pretrain_steps(n0) for n0 in cfg.pretrained.n0},
+        "grow_pretrain_steps": {str(n): cfg.pretrain_steps(n) for n in grid} if cfg.pretrained.grow else {},
+        "pretrained_test_loss": pre_loss,
+        "kernel_distance_to_init": moved,
+        "kernel_distance_probe": q,
+    }
+    return rows, summary
+
+
+def figures(cfg: PretrainedKernelConfig, rows: list[dict], summary: dict, out_dir: Path) -> list[Path]:
+    """Test loss vs n of every method (n₀ marked), and α ± CI per method."""
+    from ntklab.report.experiment_figures import pretrained_kernel_figure
+
+    if not any(r["metric"] == cfg.fit.metric for r in rows):
+        return []
+    return [
+        pretrained_kernel_figure(
+            rows,
+            summary["exponents"],
+            cfg.fit.metric,
+            cfg.pretrained.n0,
+            Path(out_dir) / "pretrained_kernel.png",
+            title=f"{cfg.data.name}: {cfg.arch.name} (width {cfg.arch.width})",
+        )
+    ]

@@ -1,0 +1,277 @@
+"""Experiment ``width-scaling``: data scaling at several widths, and the eNTK→NTK distance.
+
+For every width w of ``widths`` and every repetition (Vyas, Bansal & Nakkiran, arXiv
+2206.10012, §3.2):
+
+* method ``nn@wW``: the network of width w trained on the first n samples, for every n of the
+  grid (the units of ``data-scaling``, shared through the store);
+* method ``entk@wW``: kernel regression with its eNTK at initialization, computed once on the
+  largest n plus the validation and test points and sliced for every smaller n;
+* method ``ntk`` (and ``nngp``): the infinite-width kernels, one curve (in the ``ntk``
+  parameterization they do not depend on the width).
+
+Each curve is fitted by L(n) ≈ a·n^(−α) (``exponents``). On a fixed probe set P (the first
+``probe_size`` training points) the eNTK at init of every width of ``widths`` and
+``probe_widths`` is compared with the infinite NTK:
+
+    d(w) = ‖Θ_w(P, P) − Θ_∞(P, P)‖_F / ‖Θ_∞(P, P)‖_F      (relative Frobenius distance),
+
+reported per width (mean over repetitions, ``entk_to_ntk_distance``), together with the slope
+s of log d = log c + s·log w (finite-width theory: s ≈ −1/2) with a bootstrap CI over
+repetitions and widths, and the cosine distance S(Θ_w, Θ_∞) = 1 − ⟨Θ_w, Θ_∞⟩_F /
+(‖Θ_w‖_F ‖Θ_∞‖_F) (rows ``entk_to_ntk_cosine_distance``). For ``kernel.mode = "logit-sum"``
+the eNTK Σ_{c,d} Θ_cd tends to C·Θ_∞, so it is divided by C first; ``trace`` and ``single``
+tend to Θ_∞ itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ntklab.config import WidthScalingConfig
+from ntklab.experiments.common import arch_reads, data_reads, init_model
+from ntklab.experiments.data_scaling import entk_unit, infinite_unit, kernel_rows, nn_rows, train_unit
+from ntklab.experiments.tidy import exponents, row
+from ntklab.experiments.units import entk_kernel_fn
+from ntklab.kernels.metrics import kernel_distance, relative_error
+from ntklab.run.units import Unit
+from ntklab.scaling import fit_with_ci
+
+NAME = "width-scaling"
+DISTANCE = "entk_to_ntk_distance"
+COSINE = "entk_to_ntk_cosine_distance"
+
+
+def method(base: str, width: int) -> str:
+    """Method name of ``base`` (``nn``, ``entk``) at ``width``: ``nn@w64``."""
+    return f"{base}@w{width}"
+
+
+def unit_width(cfg: WidthScalingConfig, width: int) -> int | None:
+    """The ``width`` argument of a unit: None for ``arch.width`` itself, so the unit is the very
+    unit ``data-scaling`` plans (one stored result serves both experiments)."""
+    return None if width == cfg.arch.width else width
+
+
+def has_distance(cfg: WidthScalingConfig) -> bool:
+    """Whether the eNTK→NTK distance is measured (needs the ``ntk`` parameterization)."""
+    return cfg.arch.parameterization == "ntk"
+
+
+# ----------------------------------------------------------------------------- units
+
+
+def entk_probe(ctx: Any, n: int, seed_index: int, width: int | None = None) -> dict[str, np.ndarray]:
+    """Unit: the eNTK at init of repetition ``seed_index`` on train[:n] only (no cross block)."""
+    model = init_model(ctx, seed_index, width)
+    xt = ctx.tensor(ctx.splits.x_train[:n])
+    return {"train": entk_kernel_fn(ctx, model)(xt, None).cpu().numpy()}
+
+
+def probe_unit(cfg: WidthScalingConfig, seed_index: int, width: int) -> Unit:
+    """eNTK at init on the probe set only, for widths without a full eNTK unit."""
+    w = unit_width(cfg, width)
+    args = {"n": cfg.probe_size, "seed_index": seed_index, "width": w}
+    reads = {
+        "seed": cfg.seed,
+        "data": data_reads(cfg),
+        "arch": arch_reads(cfg, w),
+        "mode": cfg.kernel.mode,
+        "output_index": cfg.kernel.output_index,
+    }
+    return Unit(
+        "entk",
+        "ntklab.experiments.width_scaling:entk_probe",
+        args,
+        reads,
+        label=f"eNTK probe n={cfg.probe_size} seed={seed_index} w={width}",
+    )
+
+
+def reference_unit(cfg: WidthScalingConfig) -> Unit | None:
+    """The infinite-kernel unit: on the largest n for the ``ntk``/``nngp`` curves, else on the
+    probe set only for the distance (None when neither is wanted)."""
+    if {"ntk", "nngp"} & set(cfg.methods):
+        return infinite_unit(cfg, cfg.data.n_max)
+    if has_distance(cfg):
+        return infinite_unit(cfg, cfg.probe_size)
+    return None
+
+
+def init_kernel_unit(cfg: WidthScalingConfig, seed_index: int, width: int) -> Unit | None:
+    """The unit whose result holds the eNTK at init of ``width`` on the probe set."""
+    if width in cfg.widths and "entk" in cfg.methods:
+        return entk_unit(cfg, cfg.data.n_max, seed_index, unit_width(cfg, width))
+    if has_distance(cfg):
+        return probe_unit(cfg, seed_index, width)
+    return None
+
+
+def plan(cfg: WidthScalingConfig) -> list[Unit]:
+    """Every unit: the infinite kernels, then per width (narrowest first) eNTKs and networks,
+    then the probe-only eNTKs of ``probe_widths``."""
+    grid = cfg.data.n_grid()
+    units: list[Unit] = []
+    ref = reference_unit(cfg)
+    if ref is not None:
+        units.append(ref)
+    for w in cfg.widths:
+        for i in range(cfg.seeds):
+            k = init_kernel_unit(cfg, i, w)
+            if k is not None:
+                units.append(k)
+            if "nn" in cfg.methods:
+                units += [train_unit(cfg, n, i, unit_width(cfg, w)) for n in grid]
+    for w in cfg.probe_widths:
+        for i in range(cfg.seeds):
+            k = init_kernel_unit(cfg, i, w)
+            if k is not None:
+                units.append(k)
+    return units
+
+
+# ----------------------------------------------------------------------------- analysis
+
+
+def comparable(k: np.ndarray, mode: str, num_outputs: int) -> np.ndarray:
+    """The eNTK on the scale of the infinite NTK: Θ/C for ``logit-sum``, else Θ."""
+    return k / num_outputs if mode == "logit-sum" else k
+
+
+def distance_slope(rows: list[dict[str, Any]], cfg: WidthScalingConfig) -> dict[str, float] | None:
+    """Slope s of log d = log c + s log w with its bootstrap CI (repetitions and widths)."""
+    sel = [r for r in rows if r["metric"] == DISTANCE]
+    widths = sorted({r["width"] for r in sel})
+    seeds = sorted({r["seed"] for r in sel})
+    if len(widths) < 2:
+        return None
+    table = np.full((len(seeds), len(widths)), np.nan)
+    for r in sel:
+        table[seeds.index(r["seed"]), widths.index(r["width"])] = r["value"]
+    if not np.all(np.isfinite(np.nanmean(table, 0))) or np.any(np.nanmean(table, 0) <= 0):
+        return None
+    fit = fit_with_ci(np.array(widths), table, n_boot=cfg.fit.bootstrap, ci=cfg.fit.ci, seed=cfg.seed)
+    return {"slope": -fit.alpha, "ci_low": -fit.ci_high, "ci_high": -fit.ci_low, "c": fit.a}
+
+
+def mean_at(rows: list[dict[str, Any]], method_name: str, metric: str, n: int) -> float | None:
+    """Mean over repetitions of ``metric`` of ``method_name`` at n (None if absent)."""
+    vals = [r["value"] for r in rows if r["method"] == method_name and r["metric"] == metric and r["n"] == n]
+    return float(np.mean(vals)) if vals else None
+
+
+def analyze(cfg: WidthScalingConfig, results: dict[str, Any], ctx: Any) -> tuple[list[dict], dict[str, Any]]:
+    """Tidy rows and the summary (missing units are skipped).
+
+    Summary keys: ``exponents`` (methods ``nn@wW``, ``entk@wW``, ``ntk``, ``nngp``),
+    ``entk_to_ntk_distance`` {"W": mean d}, ``entk_to_ntk_distance_slope`` {slope, ci_low,
+    ci_high, c}, ``test_loss_at_n_max`` {method: mean loss at the largest n}, ``per_width``
+    {"W": α of nn and entk, d, losses at the largest n}, ``widths``, ``probe_widths``,
+    ``probe_size``, ``n_grid``.
+    """
+    grid, n_max, p = cfg.data.n_grid(), cfg.data.n_max, cfg.probe_size
+    rows: list[dict] = []
+    ref_unit = reference_unit(cfg)
+    ref = results.get(ref_unit.key) if ref_unit is not None else None
+    if ref is not None and ref_unit.args["n"] == n_max:
+        for m in ("ntk", "nngp"):
+            if m in cfg.methods:
+                rows += kernel_rows(cfg, ctx, m, ref[m], 0, 0, grid)
+    ntk_probe = ref["ntk"]["train"][:p, :p] if ref is not None and has_distance(cfg) else None
+
+    def distance_rows(k: dict | None, i: int, w: int) -> list[dict]:
+        if k is None or ntk_probe is None:
+            return []
+        ent = comparable(k["train"][:p, :p], cfg.kernel.mode, ctx.splits.num_outputs)
+        return [
+            row(cfg.experiment, method("entk", w), p, w, i, -1, DISTANCE, relative_error(ent, ntk_probe)),
+            row(cfg.experiment, method("entk", w), p, w, i, -1, COSINE, kernel_distance(ent, ntk_probe)),
+        ]
+
+    for w in cfg.widths:
+        uw = unit_width(cfg, w)
+        for i in range(cfg.seeds):
+            ku = init_kernel_unit(cfg, i, w)
+            k = results.get(ku.key) if ku is not None else None
+            if k is not None and "entk" in cfg.methods:
+                rows += kernel_rows(cfg, ctx, method("entk", w), k, i, w, grid)
+            rows += distance_rows(k, i, w)
+            if "nn" in cfg.methods:
+                for n in grid:
+                    r = results.get(train_unit(cfg, n, i, uw).key)
+                    if r is not None:
+                        rows += nn_rows(cfg, method("nn", w), r, n, i, w)
+    for w in cfg.probe_widths:
+        for i in range(cfg.seeds):
+            ku = init_kernel_unit(cfg, i, w)
+            rows += distance_rows(results.get(ku.key) if ku is not None else None, i, w)
+
+    exps = exponents(rows, cfg.fit, cfg.seed)
+    distances: dict[str, float] = {}
+    for w in [*cfg.widths, *cfg.probe_widths]:
+        vals = [r["value"] for r in rows if r["metric"] == DISTANCE and r["width"] == w]
+        if vals:
+            distances[str(w)] = float(np.mean(vals))
+    distances = dict(sorted(distances.items(), key=lambda kv: int(kv[0])))
+    methods = sorted({r["method"] for r in rows if r["metric"] == cfg.fit.metric})
+    at_max = {m: v for m in methods if (v := mean_at(rows, m, cfg.fit.metric, n_max)) is not None}
+    per_width: dict[str, dict[str, Any]] = {}
+    for w in cfg.widths:
+        entry: dict[str, Any] = {}
+        for base in ("nn", "entk"):
+            if method(base, w) in exps:
+                entry[f"alpha_{base}"] = exps[method(base, w)]
+            if method(base, w) in at_max:
+                entry[f"{base}_test_loss_at_n_max"] = at_max[method(base, w)]
+        if str(w) in distances:
+            entry[DISTANCE] = distances[str(w)]
+        per_width[str(w)] = entry
+    summary = {
+        "exponents": exps,
+        DISTANCE: distances,
+        f"{DISTANCE}_slope": distance_slope(rows, cfg),
+        "test_loss_at_n_max": at_max,
+        "per_width": per_width,
+        "widths": cfg.widths,
+        "probe_widths": cfg.probe_widths,
+        "probe_size": p,
+        "n_grid": grid,
+    }
+    return rows, summary
+
+
+def figures(cfg: WidthScalingConfig, rows: list[dict], summary: dict, out_dir: Path) -> list[Path]:
+    """Loss vs n per width (one panel per method), α vs width, eNTK→NTK distance vs width."""
+    from ntklab.report.experiment_figures import (
+        alpha_width_figure,
+        distance_width_figure,
+        width_scaling_figure,
+    )
+
+    out_dir = Path(out_dir)
+    title = f"{cfg.data.name}: {cfg.arch.name}"
+    paths: list[Path] = []
+    if any(r["metric"] == cfg.fit.metric for r in rows):
+        paths.append(
+            width_scaling_figure(
+                rows, summary["exponents"], cfg.fit.metric, cfg.widths, out_dir / "width_scaling.png", title
+            )
+        )
+    if any(m.split("@")[0] in ("nn", "entk") for m in summary["exponents"]):
+        paths.append(
+            alpha_width_figure(summary["exponents"], cfg.widths, out_dir / "alpha_vs_width.png", title)
+        )
+    if any(r["metric"] == DISTANCE for r in rows):
+        paths.append(
+            distance_width_figure(
+                rows,
+                DISTANCE,
+                summary.get(f"{DISTANCE}_slope"),
+                out_dir / "entk_ntk_distance.png",
+                title + f" (probe: first {cfg.probe_size} training points)",
+            )
+        )
+    return paths

@@ -1,0 +1,1745 @@
+"""``ntklab explain``: does the NTK explain *my* network? One call on the user's model and data.
+
+Given a model (a factory returning a fresh ``nn.Module``, or an architecture from ntklab's spec)
+and data (an ``.npz``, a registered dataset, or a dict of arrays), :func:`explain`
+
+1. loads the data and checks the model on it (one-sentence errors, before any work);
+2. **probes** the costs on this machine: a few timed training steps, the eNTK of a small
+   batch, one kernel regression, one power-law fit and one figure;
+3. **plans** the largest experiments that fit the budget (default 10 minutes): the n grid,
+   seeds, training steps, validation/test points, the after-kernel's n₀ and the checkpoints
+   of the kernel-evolution run, from the cost model of :class:`CostModel` (training ∝ steps,
+   eNTK ∝ Jacobians + n² pairs, regression ∝ n³, plus data loading, fits and figures);
+4. **runs** ``data-scaling`` (network vs eNTK at init, and the infinite NTK for spec models),
+   ``pretrained-kernel`` (the after-kernel at one n₀) and ``kernel-evolution`` (kernel
+   distance and velocity during training), each with :func:`~ntklab.run.runner.run_experiment`
+   into a sub-folder of the output folder, under one progress bar. It measures its own elapsed
+   time: after each experiment the cost model is recalibrated and the rest of the plan shrunk
+   (or dropped) when running late; a unit that would end past the budget is not started;
+5. writes ``report.html`` (self-contained) and ``report.md`` with the exponent tables and a
+   plain-language verdict per finding (:mod:`ntklab.report`).
+
+Every unit result goes to the shared content-addressed store, and the plan is kept in
+``explain.json``: running the same command again resumes (finished units are reused, units
+skipped for time are computed).
+
+Example
+-------
+``ntklab explain --model examples/resnet_model.py:make_model --data cifar10 --data-path
+/path/to/cifar-10-batches-py --budget-minutes 10 --out runs/explain-resnet``, or in Python::
+
+    import ntklab
+    result = ntklab.explain(make_model, "data.npz", budget_minutes=5, out="runs/mine")
+    print(result["report_html"])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import inspect
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ntklab.config import DATASETS, AnyConfig, apply_overrides, read_toml, validate
+from ntklab.errors import ArchError, DataError, NtkLabError, RunDirError
+from ntklab.run.units import Unit
+
+if TYPE_CHECKING:
+    from torch import nn
+
+DEFAULT_BUDGET_MINUTES = 10.0
+EXPERIMENTS = ("data-scaling", "pretrained-kernel", "kernel-evolution")
+SAFETY = 0.7  # plan at most this fraction of the time left (estimates are rough)
+LATE_SAFETY = 0.85  # when re-planning after an experiment, with the calibrated cost model
+HEAD_SHARE = 0.55  # data scaling may take at most this share of the planned time
+CONTENTION_STEPS = 4  # training steps timed alone and side by side (one per worker)
+MIN_SPEEDUP = 1.25  # below this parallel speed-up (probe), units run in process
+WORKER_START_S = 8.0  # spawning the worker processes and importing torch there
+FULL_TAILS = 8  # the first tails of tail_levels keep both after-kernel and evolution
+REPORT_RESERVE_S = 3.0  # writing report.html / report.md
+LADDER_MAX = 4096  # the largest training set the planner considers
+REGRESS_PROBE_N = 256  # kernel regression is timed at this n and scaled as n³
+LR_PROBE_STEPS = 12  # training steps of each learning-rate try (on one batch)
+LR_TRIES = 4  # train.lr, then lowered by LR_DECREASE up to 3 times
+LR_DECREASE = 0.25
+LR_GROWTH = 2.0  # a try is unstable when a loss exceeds this times its first
+FIGURES_PER_EXPERIMENT = {"data-scaling": 1, "pretrained-kernel": 2, "kernel-evolution": 4}
+FIXED_KEYS = (  # dotted keys the planner chooses unless the user set them
+    "seeds",
+    "train.steps",
+    "train.epochs",
+    "data.n_val",
+    "data.n_test",
+    "pretrained.n0",
+    "pretrained.grow",
+    "evolution.n",
+    "evolution.n_checkpoints",
+    "evolution.probe_train",
+    "evolution.probe_test",
+    "evolution.regress_n",
+)
+SECTIONS_OF = {"pretrained": "pretrained-kernel", "evolution": "kernel-evolution"}
+
+
+# ============================================================================= inputs
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The user's request, resolved.
+
+    Attributes
+    ----------
+    model : str or None
+        ``"/abs/path.py:function"`` of a user model, or None for ntklab's spec (``arch``).
+    model_desc, data_desc : str
+        How the report names them.
+    base : dict
+        The raw config shared by all experiments (no ``experiment`` key, no experiment sections).
+    sections : dict
+        User-given experiment sections (``pretrained``, ``evolution``), applied to their experiment.
+    fixed : tuple of str
+        Dotted keys the user set; the planner leaves them alone.
+    n_cap : int or None
+        Largest training-set size the plan may use.
+    budget_s : float
+    identity : str
+        What identifies the model and data beyond the config (content hashes of generated files).
+    """
+
+    model: str | None
+    model_desc: str
+    data_desc: str
+    base: dict[str, Any]
+    sections: dict[str, dict[str, Any]]
+    fixed: tuple[str, ...]
+    n_cap: int | None
+    budget_s: float
+    identity: str = ""
+
+    def digest(self) -> str:
+        """A short hash of everything that defines the explain run (resume only on a match)."""
+        payload = json.dumps(
+            {
+                "base": self.base,
+                "sections": self.sections,
+                "fixed": self.fixed,
+                "n_cap": self.n_cap,
+                "budget_s": self.budget_s,
+                "identity": self.identity,
+            },
+            sort_keys=True,
+            default=str,
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def _dotted(raw: Mapping[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for k, v in raw.items():
+        key = f"{prefix}{k}"
+        out += _dotted(v, f"{key}.") if isinstance(v, Mapping) else [key]
+    return out
+
+
+def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in top.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:12]
+
+
+def _factory_params(fn: Callable[..., Any]) -> list[str]:
+    """The parameters of ``fn`` among ``input_shape`` and ``num_outputs`` (what ntklab passes)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return []
+    return [p for p in ("input_shape", "num_outputs") if p in params]
+
+
+def callable_source(fn: Callable[..., Any]) -> str | None:
+    """``"/abs/file.py:name"`` when ``fn`` is defined at the top level of a Python file that
+    :func:`~ntklab.arch.factory.load_factory` can load again; else None."""
+    from ntklab.arch.factory import load_factory
+
+    name, qual = getattr(fn, "__name__", None), getattr(fn, "__qualname__", None)
+    if not name or name != qual or name == "<lambda>":
+        return None
+    try:
+        src = inspect.getsourcefile(fn)
+    except TypeError:
+        return None
+    if not src or not Path(src).is_file() or Path(src).suffix != ".py":
+        return None
+    ref = f"{Path(src).resolve()}:{name}"
+    try:
+        load_factory(ref)
+    except NtkLabError:
+        return None
+    return ref
+
+
+SHIM = '''"""Written by ntklab explain: rebuilds a model callable that has no importable source.
+
+The callable was pickled (cloudpickle) next to this file as {pkl!r}; ntklab calls
+``make_model`` once per seed, under a seeded RNG.
+"""
+
+import pickle
+from pathlib import Path
+
+
+def make_model({params}):
+    with open(Path(__file__).with_name({pkl!r}), "rb") as f:
+        fn = pickle.load(f)
+    return fn({call})
+'''
+
+
+def pickle_callable(fn: Callable[..., Any]) -> tuple[str, dict[str, bytes]]:
+    """Pickle ``fn`` (lambda, closure, partial...) as ``user-model-HASH.pkl`` with a loader
+    ``user-model-HASH.py`` beside it.
+
+    Returns (the loader's file name, {file name: bytes}) to be written into the output folder;
+    the reference is ``FOLDER/user-model-HASH.py:make_model``. The hash of the pickle makes the
+    reference, and so every unit key, change when the callable changes.
+    """
+    try:
+        import cloudpickle
+    except ImportError:  # pragma: no cover - cloudpickle ships with ray; optional
+        raise ArchError(
+            "the model callable has no importable source (a lambda, closure or partial); define it at the "
+            "top level of a .py file, or install cloudpickle."
+        ) from None
+    try:
+        blob = cloudpickle.dumps(fn)
+    except Exception as exc:  # noqa: BLE001 - the user's object: one sentence
+        raise ArchError(f"the model callable cannot be pickled ({type(exc).__name__}: {exc}).") from None
+    stem = f"user-model-{_sha(blob)}"
+    params = _factory_params(fn)
+    shim = SHIM.format(
+        pkl=f"{stem}.pkl", params=", ".join(params), call=", ".join(f"{p}={p}" for p in params)
+    )
+    return f"{stem}.py", {f"{stem}.pkl": blob, f"{stem}.py": shim.encode()}
+
+
+def _validate_arrays(data: Mapping[str, Any]) -> bytes:
+    """Check a dict of arrays like an ``.npz`` and return its ``.npz`` bytes."""
+    import io
+
+    from ntklab.data.npz import KEYS, load_npz
+
+    missing = [k for k in KEYS if k not in data]
+    if missing:
+        raise DataError(f"the data dict lacks key(s) {', '.join(missing)}; it needs {', '.join(KEYS)}.")
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.asarray(data[k]) for k in KEYS})
+    with tempfile.TemporaryDirectory() as tmp:
+        p = Path(tmp) / "data.npz"
+        p.write_bytes(buf.getvalue())
+        try:
+            load_npz(p)
+        except DataError as exc:
+            raise DataError(str(exc).replace(f"data file {p}", "the data dict")) from None
+    return buf.getvalue()
+
+
+def resolve_inputs(
+    model: str | Callable[..., Any] | None,
+    data: str | Path | Mapping[str, Any],
+    *,
+    out: Path | None,
+    budget_minutes: float = DEFAULT_BUDGET_MINUTES,
+    data_path: str | Path | None = None,
+    arch: str | None = None,
+    config: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    n_max: int | None = None,
+) -> tuple[Inputs, Path, dict[str, bytes]]:
+    """Resolve the request; returns (inputs, out folder, files to write into it before running).
+
+    Raises one-sentence :class:`~ntklab.errors.NtkLabError` subclasses for every user mistake.
+    """
+    from ntklab.arch.factory import load_factory
+
+    if not (
+        isinstance(budget_minutes, (int, float)) and budget_minutes > 0 and math.isfinite(budget_minutes)
+    ):
+        raise NtkLabError(f"the budget must be a positive number of minutes; got {budget_minutes!r}.")
+    if n_max is not None and n_max < 8:
+        raise NtkLabError(f"--n-max must be at least 8; got {n_max}.")
+    user = read_toml(config) if config is not None else {}
+    user = apply_overrides(user, list(overrides))
+    user.pop("experiment", None)
+    sections = {k: user.pop(k) for k in list(user) if k in SECTIONS_OF}
+    for k in ("widths", "probe_size"):
+        user.pop(k, None)
+    fixed = set(_dotted(user)) | {f"{k}.{s}" for k, v in sections.items() for s in _dotted(v)}
+    cap = n_max
+    data_cfg = user.setdefault("data", {})
+    if "n_max" in data_cfg:  # a user n_max caps the plan; the grid itself is planned
+        cap = min(cap or LADDER_MAX, int(data_cfg.pop("n_max")))
+    data_cfg.pop("n_min", None)
+    data_cfg.pop("grid_factor", None)
+    files: dict[str, bytes] = {}
+    identity: dict[str, str] = {}
+
+    # ---- data
+    if isinstance(data, Mapping):
+        blob = _validate_arrays(data)
+        digest = _sha(blob)
+        name = f"data-{digest}.npz"
+        files[name] = blob
+        identity["data"] = digest
+        data_cfg.update(name="npz", path=name)  # made absolute once the out folder is known
+        data_desc = f"arrays passed in Python (saved as {name})"
+    else:
+        text = str(data)
+        p = Path(text)
+        if p.suffix == ".npz" or p.is_file():
+            from ntklab.data.npz import load_npz
+
+            load_npz(p)  # one-sentence DataError: missing file, missing key, bad shapes
+            data_cfg.update(name="npz", path=str(p.resolve()))
+            data_desc = f".npz file {p}"
+        elif text in DATASETS and text != "npz":
+            data_cfg["name"] = text
+            if data_path is not None:
+                data_cfg["path"] = str(Path(data_path).resolve())
+            elif text not in ("mnist1d", "digits") and not data_cfg.get("path"):
+                raise DataError(
+                    f"dataset {text} is read from disk: give --data-path with the folder of its files."
+                )
+            data_desc = f"{text}" + (f" ({data_cfg['path']})" if data_cfg.get("path") else "")
+        else:
+            allowed = ", ".join(d for d in DATASETS if d != "npz")
+            raise DataError(
+                f"--data {text!r} is neither an existing .npz file nor a dataset name ({allowed})."
+            )
+
+    # ---- model
+    arch_cfg = user.setdefault("arch", {})
+    model_ref: str | None = None
+    shim_name: str | None = None
+    if model is None:
+        if arch is not None:
+            arch_cfg["name"] = arch
+        if arch_cfg.get("factory"):
+            model_ref = str(arch_cfg.pop("factory"))
+    elif isinstance(model, (str, Path)):
+        model_ref = str(model)
+    elif callable(model):
+        model_ref = callable_source(model)
+        if model_ref is None:
+            shim_name, shim_files = pickle_callable(model)
+            files.update(shim_files)
+            identity["model"] = shim_name
+    else:
+        raise ArchError(
+            f"the model must be PATH.py:FUNCTION or a callable returning an nn.Module; got {type(model).__name__}."
+        )
+    if model_ref is not None:
+        path_text, _, fn_name = model_ref.rpartition(":")
+        if not path_text:
+            raise ArchError(f"a model factory is given as PATH.py:FUNCTION; got {model_ref!r}.")
+        model_ref = f"{Path(path_text).resolve()}:{fn_name}"
+        load_factory(model_ref)  # one sentence: no file, import error, no such function
+        identity["model"] = _sha(Path(path_text).read_bytes())
+        model_desc = f"user model {model_ref}"
+    elif shim_name is not None:
+        model_desc = f"user model callable {getattr(model, '__qualname__', type(model).__name__)}"
+    else:
+        model_desc = f"ntklab {arch_cfg.get('name', 'cnn1d')} spec"
+
+    budget_s = float(budget_minutes) * 60.0
+    ident = json.dumps(identity, sort_keys=True)
+    provisional = Inputs(
+        None, model_desc, data_desc, user, sections, tuple(sorted(fixed)), cap, budget_s, ident
+    )
+    out_dir = Path(out) if out is not None else Path("runs") / f"explain-{provisional.digest()}"
+    if shim_name is not None:
+        model_ref = f"{(out_dir / shim_name).resolve()}:make_model"
+    if isinstance(data, Mapping):
+        data_cfg["path"] = str((out_dir / data_cfg["path"]).resolve())
+    if model_ref is not None:
+        arch_cfg["factory"] = model_ref
+        # run.runner.check_inputs builds arch.name's spec even for a factory model; an MLP spec
+        # accepts any input shape, so this keeps that check from rejecting the user's model
+        # (explain checks the user model itself, see check_model).
+        arch_cfg["name"] = "mlp"
+    inputs = Inputs(
+        model_ref,
+        model_desc,
+        data_desc,
+        user,
+        sections,
+        tuple(sorted(fixed)),
+        cap,
+        budget_s,
+        ident,
+    )
+    validate({**user, "experiment": "data-scaling"})  # config errors before any work
+    return inputs, out_dir, files
+
+
+# ============================================================================= probe
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Costs measured on this machine (seconds, with the units' torch thread count) and sizes.
+
+    Attributes
+    ----------
+    load_s : loading and preparing the data once (every experiment and worker does it again)
+    init_s : building the model once
+    step_s : one training step at batch size ``batch``
+    fwd_s : the forward pass of one sample in eval mode (evaluation)
+    feature_s : eNTK features (per-sample Jacobians / Gram factors) of one sample
+    pair_s : eNTK contraction per kernel entry
+    entk_overhead_s : fixed cost of one eNTK call (planning the layers)
+    feature_bytes : memory of one sample's features (decides the eNTK panels, see CostModel)
+    regress_s : one kernel regression at n = ``REGRESS_PROBE_N`` with the ridge grid
+    fit_s : one power-law fit with its bootstrap
+    figure_s : one figure
+    infinite_pair_s : the infinite NTK + NNGP per kernel entry (spec models), else 0
+    pool : training points available (validation included)
+    n_test_max : test points available
+    num_outputs, n_params, batch : the task's outputs, the model's trainable scalars, batch size
+    lr, lr_stable : the learning rate the plan trains with, and whether the probe saw it stable
+    contention : how much slower a training step runs with ``workers`` of them side by side
+        (1: the cores are free; ``workers``: no parallel speed-up on this machine now)
+    threads : torch threads the timings used (those of the units)
+    seconds : how long the probe took
+    """
+
+    load_s: float
+    init_s: float
+    step_s: float
+    fwd_s: float
+    feature_s: float
+    pair_s: float
+    entk_overhead_s: float
+    feature_bytes: int
+    regress_s: float
+    fit_s: float
+    figure_s: float
+    infinite_pair_s: float
+    pool: int
+    n_test_max: int
+    num_outputs: int
+    n_params: int
+    batch: int
+    lr: float = 0.0
+    lr_stable: bool = True
+    contention: float = 1.0
+    threads: int = 1
+    seconds: float = 0.0
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def build_model(cfg: AnyConfig, input_shape: tuple[int, ...], num_outputs: int, seed: int = 0) -> nn.Module:
+    """The model of ``cfg`` (user factory or spec) at init, as the units build it."""
+    from ntklab.arch.factory import build_user_model
+    from ntklab.experiments.common import build_spec
+
+    if cfg.arch.factory is not None:
+        return build_user_model(cfg.arch.factory, seed, input_shape, num_outputs)
+    return build_spec(cfg.arch, num_outputs).module(input_shape, seed=seed)
+
+
+def check_model(cfg: AnyConfig, x: np.ndarray, num_outputs: int, what: str) -> nn.Module:
+    """Build the model and check it maps (N, *input_shape) to (N, num_outputs); one-sentence errors."""
+    import torch
+
+    from ntklab.arch.factory import check_output
+    from ntklab.experiments.common import build_spec
+
+    shape = tuple(x.shape[1:])
+    if cfg.arch.factory is None:
+        got = build_spec(cfg.arch, num_outputs).out_shape(shape)
+        if got != (num_outputs,):
+            raise ArchError(
+                f"the architecture maps inputs {shape} to {got}, but the task needs ({num_outputs},)."
+            )
+    model = build_model(cfg, shape, num_outputs)
+    check_output(model, torch.as_tensor(x[:2]), num_outputs, what)
+    return model
+
+
+def load_data(cfg: AnyConfig) -> Any:
+    """The prepared splits with the whole training pool (no validation split carved out)."""
+    from ntklab.data.prepare import prepare
+    from ntklab.data.registry import load_raw
+
+    d = cfg.data
+    raw = load_raw(d, LADDER_MAX)
+    return prepare(
+        raw,
+        n_max=1,
+        n_val=0,
+        n_test=None,
+        seed=d.seed,
+        classes=d.classes,
+        standardize=d.standardize,
+        zca=d.zca,
+    )
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads (restored afterwards)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(max(1, n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def unit_threads(cfg: AnyConfig) -> int:
+    """Torch threads the units of ``cfg`` run with (their ``num_cpus``; see run.executors)."""
+    import torch
+
+    from ntklab import experiments
+
+    units = experiments.get(cfg.experiment).plan(cfg)
+    return max((getattr(u, "threads", 0) or 0 for u in units), default=0) or torch.get_num_threads()
+
+
+def run_probe(cfg: AnyConfig, what: str, lr_fixed: bool = False, workers: int = 1) -> Probe:
+    """Load the data, check the model, and time every kind of work on this machine.
+
+    The timings use the units' thread count. Unless ``lr_fixed`` (the user set ``train.lr``),
+    it also picks the learning rate, a short range test: ``train.lr`` times ``LR_DECREASE``^k
+    (k < ``LR_TRIES``), ``LR_PROBE_STEPS`` steps each at that constant rate on one batch; the
+    rate with the lowest loss over the second half of its steps wins, among those whose loss
+    stays finite and below ``LR_GROWTH`` times its start. With ``workers > 1`` it times
+    ``CONTENTION_STEPS`` training steps alone and ``workers`` of them side by side (threads) to
+    see how much parallel speed-up the machine offers right now. User mistakes raise one sentence.
+    """
+    threads = unit_threads(cfg)
+    with torch_threads(threads):
+        probe = _probe(cfg, what, lr_fixed, workers)
+    return replace(probe, threads=threads)
+
+
+def measure_contention(run: Callable[[int], None], workers: int) -> float:
+    """Slow-down of ``run(i)`` (one training run on model i) when ``workers`` run side by side.
+
+    Torch releases the GIL inside its kernels, so threads stand in for worker processes (the
+    Python overhead they share makes the estimate err on the slow side). In [1, workers].
+    """
+    import threading
+
+    _, alone = _timed(lambda: run(0))
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(workers)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    side = time.perf_counter() - t0
+    return float(min(max(side / max(alone, 1e-9), 1.0), workers))
+
+
+def _probe(cfg: AnyConfig, what: str, lr_fixed: bool, workers: int) -> Probe:
+    """The body of :func:`run_probe` (run under the units' thread count)."""
+    import torch
+
+    from ntklab.experiments.tidy import row
+    from ntklab.kernels.empirical import empirical_ntk
+    from ntklab.regress import KernelRegressor
+    from ntklab.report.figures import scaling_figure
+    from ntklab.scaling import fit_with_ci
+    from ntklab.train import evaluate, train
+
+    t_start = time.perf_counter()
+    splits, load_s = _timed(lambda: load_data(cfg))
+    if len(splits.x_train) < 16:
+        raise DataError(f"the training set has {len(splits.x_train)} samples; explain needs at least 16.")
+    k = splits.num_outputs
+    model, init_s = _timed(lambda: check_model(cfg, splits.x_train, k, what))
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if n_params == 0:
+        raise ArchError(f"{what} has no trainable parameters.")
+
+    # training: a warm-up step, then tries of LR_PROBE_STEPS steps at a constant learning rate
+    # (train.lr, then lowered by LR_DECREASE): the rate with the lowest loss over the second half
+    # of its try, among those whose loss never exceeds LR_GROWTH times the first (no spike)
+    b = min(cfg.train.batch_size, len(splits.x_train))
+    x, y = torch.as_tensor(splits.x_train[:b]), torch.as_tensor(splits.y_train[:b])
+    lab = torch.as_tensor(splits.labels_train[:b], dtype=torch.long)
+
+    def tail_loss(n: int, lr: float) -> float:
+        """Mean loss of the second half of n steps at ``lr`` (inf when it diverges or spikes)."""
+        tc = cfg.train.model_copy(update={"lr": lr, "schedule": "constant", "warmup_steps": 0})
+        try:
+            model = build_model(cfg, x.shape[1:], k)
+            res = train(model, x, y, lab, tc, seed=0, steps=n, log_every=1, progress=False)
+        except FloatingPointError:
+            return math.inf
+        losses = [h["train_loss"] for h in res.history]
+        if not losses or not all(math.isfinite(v) for v in losses) or max(losses) > LR_GROWTH * losses[0]:
+            return math.inf
+        return float(np.mean(losses[len(losses) // 2 :]))
+
+    tail_loss(1, cfg.train.lr)  # warm-up: first-call costs are paid once per process
+    lr = best_lr = cfg.train.lr
+    best, times = math.inf, []
+    for _ in range(1 if lr_fixed else LR_TRIES):
+        loss, t_n = _timed(lambda lr=lr: tail_loss(LR_PROBE_STEPS, lr))
+        times.append(t_n)
+        if loss < best:
+            best, best_lr = loss, lr
+        elif math.isfinite(loss):
+            break  # stable but worse than a larger rate: smaller rates only learn slower
+        lr *= LR_DECREASE
+    stable = math.isfinite(best)
+    lr = best_lr if stable else (cfg.train.lr if lr_fixed else lr / LR_DECREASE)
+    t_n = float(np.median(times))
+    step_s = max(t_n - init_s, t_n / 2) / LR_PROBE_STEPS
+    contention = 1.0
+    if workers > 1:
+        tc = cfg.train.model_copy(update={"lr": lr, "schedule": "constant", "warmup_steps": 0})
+        nets = [build_model(cfg, x.shape[1:], k) for _ in range(workers)]
+
+        def run(i: int) -> None:
+            try:
+                train(nets[i], x, y, lab, tc, seed=0, steps=CONTENTION_STEPS, progress=False)
+            except FloatingPointError:
+                pass
+
+        contention = measure_contention(run, workers)
+    ev = min(256, len(splits.x_train))
+    xe = torch.as_tensor(splits.x_train[:ev])
+    ye, le = torch.as_tensor(splits.y_train[:ev]), torch.as_tensor(splits.labels_train[:ev], dtype=torch.long)
+    _, t_ev = _timed(lambda: evaluate(model, xe, ye, le))
+    fwd_s = t_ev / ev
+
+    # eNTK of the model at init in eval mode, with the run's mode and memory budget
+    kc = cfg.kernel
+    budget = kc.memory_budget_mb * 2**20
+    fresh = build_model(cfg, x.shape[1:], k).eval()
+    m = min(32, len(splits.x_train))
+
+    def entk(points: int, stats: dict[str, Any]) -> None:
+        empirical_ntk(
+            fresh,
+            torch.as_tensor(splits.x_train[:points]),
+            mode=kc.mode,
+            output_index=kc.output_index,
+            memory_budget_bytes=budget,
+            progress=False,
+            stats=stats,
+        )
+
+    stats: dict[str, Any] = {}
+    try:
+        entk(4, {})  # warm-up: imports and first-call costs are paid once per process
+        _, t_small = _timed(lambda: entk(4, {}))
+        _, t_m = _timed(lambda: entk(m, stats))
+    except NtkLabError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's model: one sentence, before any work
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise ArchError(f"the eNTK of {what} cannot be computed: {type(exc).__name__}: {first}") from None
+    pairs = m * (m + 1) / 2
+    if "features_s" in stats and "contract_s" in stats:
+        feature_s = stats["features_s"] / m
+        pair_s = stats["contract_s"] / pairs
+        overhead = max(0.0, t_m - stats["features_s"] - stats["contract_s"])
+    else:  # an engine without timings: everything per sample, conservatively
+        feature_s, pair_s, overhead = t_m / m, t_m / pairs, 0.0
+    n_cot = k if kc.mode in ("trace", "full") else 1
+    feature_bytes = 4 * n_cot * n_params
+
+    # kernel regression on a full-rank kernel
+    n_r = REGRESS_PROBE_N
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((n_r + 64, 2 * n_r))
+    kern = feats @ feats.T
+    yy = rng.standard_normal((n_r + 64, max(k, 1)))
+
+    def regress() -> None:
+        reg = KernelRegressor(kc.ridges if kc.ridge is None else [kc.ridge]).fit(kern[:n_r, :n_r], yy[:n_r])
+        reg.select(kern[n_r:, :n_r], yy[n_r:])
+        reg.predict(kern[n_r:, :n_r])
+
+    regress()  # warm-up (LAPACK initialisation)
+    regress_s = float(np.median([_timed(regress)[1] for _ in range(3)]))  # BLAS timings are noisy
+
+    # one power-law fit with the bootstrap, one figure
+    grid = np.array([32, 64, 128, 256])
+    losses = 1.0 / np.sqrt(grid) * (1 + 0.1 * rng.standard_normal((2, 4)))
+    _, fit_s = _timed(lambda: fit_with_ci(grid, losses, offset=cfg.fit.offset, n_boot=cfg.fit.bootstrap))
+    rows = [
+        row("probe", meth, int(n), 0, s, -1, "test_mse", float(losses[s, i]))
+        for meth in ("nn", "entk")
+        for s in range(2)
+        for i, n in enumerate(grid)
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        scaling_figure(rows, {}, "test_mse", Path(tmp) / "warm.png")  # fonts are loaded once
+        _, figure_s = _timed(lambda: scaling_figure(rows, {}, "test_mse", Path(tmp) / "probe.png"))
+
+    infinite_pair_s = 0.0
+    if cfg.arch.factory is None and {"ntk", "nngp"} & set(cfg.methods):
+        from ntklab.experiments.common import build_spec
+
+        spec = build_spec(cfg.arch, k)
+        mi = min(16, len(splits.x_train))
+        xi = torch.as_tensor(splits.x_train[:mi], dtype=torch.float64)
+        _, t_i = _timed(lambda: spec.kernel_fn(xi, None, get=("nngp", "ntk"), memory_budget_bytes=budget))
+        infinite_pair_s = t_i / (mi * (mi + 1) / 2)
+
+    return Probe(
+        load_s=load_s,
+        init_s=init_s,
+        step_s=step_s,
+        fwd_s=fwd_s,
+        feature_s=feature_s,
+        pair_s=pair_s,
+        entk_overhead_s=max(overhead, t_small - 4 * feature_s),
+        feature_bytes=feature_bytes,
+        regress_s=regress_s,
+        fit_s=fit_s,
+        figure_s=figure_s,
+        infinite_pair_s=infinite_pair_s,
+        pool=len(splits.x_train),
+        n_test_max=len(splits.x_test),
+        num_outputs=k,
+        n_params=n_params,
+        batch=cfg.train.batch_size,
+        lr=lr,
+        lr_stable=stable,
+        contention=contention,
+        seconds=time.perf_counter() - t_start,
+    )
+
+
+# ============================================================================= cost model
+
+
+class CostModel:
+    """Seconds of every unit and of every experiment, from a :class:`Probe`.
+
+    Unit estimates (one worker, the units' thread count), times the calibration ``factor``:
+
+    * training: ``init + steps · step_s · max(min(B, n) / B, 1/4) + fwd_s · (n + T) · evals``;
+    * eNTK with n training points (symmetric block) and E evaluation points (cross block),
+      after :mod:`ntklab.kernels.tiling`: panels of R = ½·budget / (feature bytes per sample)
+      rows; the features of the columns after a panel are recomputed for every panel, and
+      those of the n training columns for every panel of E rows unless they fit a quarter of
+      the budget. Seconds: ``overhead + feature_s · samples + pair_s · entries``;
+    * infinite NTK/NNGP: ``infinite_pair_s`` per entry;
+    * kernel regression: ``regress_s · max(1, (n / 256)³)`` per kernel and n.
+
+    An experiment's wall time (:meth:`experiment`) is the list schedule of its units in plan
+    order on ``workers`` workers (a unit starts once the units it reads are done), slowed by
+    the probe's ``contention`` when several workers share the machine, plus data loading (driver and
+    workers) and the analysis in the driver (regressions, fits, figures).
+    """
+
+    def __init__(
+        self, probe: Probe, workers: int = 1, factor: float = 1.0, budget_bytes: int = 2**31
+    ) -> None:
+        self.p = probe
+        self.workers = max(1, workers)
+        self.factor = factor
+        self.budget_bytes = budget_bytes
+
+    def scaled(self, factor: float) -> CostModel:
+        """The same model with calibration ``factor``."""
+        return CostModel(self.p, self.workers, factor, self.budget_bytes)
+
+    # ---- pieces (seconds on one worker)
+    def train(self, n: int, steps: int, n_test: int, evals: int = 1) -> float:
+        p = self.p
+        frac = max(min(p.batch, n) / max(p.batch, 1), 0.25)
+        return self.factor * (p.init_s + steps * p.step_s * frac + p.fwd_s * (n + n_test) * evals)
+
+    def entk(self, n: int, n_eval: int) -> float:
+        p = self.p
+        panel = max(1, int(0.5 * self.budget_bytes // max(p.feature_bytes, 1)))
+        samples = n + sum(max(0, n - (i + 1) * panel) for i in range(math.ceil(n / panel)))
+        if n_eval:
+            cached = n * p.feature_bytes <= 0.25 * self.budget_bytes
+            samples += n_eval + (n if cached else math.ceil(n_eval / panel) * n)
+        entries = n * (n + 1) / 2 + n_eval * n
+        calls = 2 if n_eval else 1
+        return self.factor * (
+            p.init_s + calls * p.entk_overhead_s + samples * p.feature_s + entries * p.pair_s
+        )
+
+    def infinite(self, n: int, n_eval: int) -> float:
+        return self.factor * self.p.infinite_pair_s * (n * (n + 1) / 2 + n_eval * n)
+
+    def regress(self, n: int) -> float:
+        return self.factor * self.p.regress_s * max(1.0, (n / REGRESS_PROBE_N) ** 3)
+
+    # ---- units
+    def unit(self, cfg: AnyConfig, u: Unit) -> float:
+        """Estimated seconds of unit ``u`` of experiment ``cfg`` on one worker."""
+        a, fn = u.args, u.fn.rpartition(":")[2]
+        t = _n_test(cfg, self.p)
+        e = cfg.data.n_val + t
+
+        def steps_of(n: int) -> int:
+            return int(a.get("steps") or cfg.train.total_steps(n))
+
+        if fn == "train_network":
+            return self.train(a["n"], steps_of(a["n"]), t)
+        if fn == "entk_at_init":
+            return self.entk(a["n"], e)
+        if fn == "infinite_kernels":
+            return self.infinite(a["n"], e)
+        if fn == "train_with_checkpoints":
+            return self.train(a["n"], steps_of(a["n"]), t, evals=len(a.get("checkpoint_steps", [])) + 1)
+        if fn == "kernels_at_checkpoint":
+            return self.entk(a["n_train"], e) + self.entk(a.get("probe_test", 0), 0)
+        if fn == "after_kernel":  # pre-train on n0, then the eNTK on n training points
+            return (
+                self.train(a["n0"], steps_of(a["n0"]), t) + self.entk(a["n"], e) - self.factor * self.p.init_s
+            )
+        # units of experiments written later: judged by their kind and arguments (conservative)
+        n = int(a.get("n") or a.get("n_train") or a.get("n0") or cfg.data.n_max)
+        if u.kind == "train":
+            return self.train(n, steps_of(n), t)
+        if u.kind == "infinite":
+            return self.infinite(n, e)
+        if u.kind in ("entk", "kernel"):
+            return self.entk(n, e)
+        return self.train(n, steps_of(n), t) + self.entk(max(n, cfg.data.n_max), e)
+
+    # ---- analysis (regressions, fits, figures) of one experiment, in the driver
+    def analysis(self, cfg: AnyConfig) -> float:
+        p, grid = self.p, cfg.data.n_grid()
+        figs = FIGURES_PER_EXPERIMENT.get(cfg.experiment, 2) * p.figure_s
+        if cfg.experiment == "kernel-evolution":
+            ev = cfg.evolution
+            ckpts = ev.n_checkpoints + 6  # log-spaced steps round to fewer; milestones add some
+            probe_n = ev.probe_train + ev.probe_test
+            eig = self.regress(probe_n) / 4
+            return self.factor * figs + cfg.seeds * ckpts * (eig + self.regress(ev.regress_n))
+        kernels = cfg.seeds * ("entk" in cfg.methods) + sum(m in ("ntk", "nngp") for m in cfg.methods)
+        if cfg.experiment == "pretrained-kernel":
+            kernels += cfg.seeds * len(cfg.pretrained.n0) + (
+                cfg.seeds * len(grid) if cfg.pretrained.grow else 0
+            )
+        fits = len(cfg.methods) + 2
+        return self.factor * (figs + fits * p.fit_s) + kernels * sum(self.regress(n) for n in grid)
+
+    def experiment(self, cfg: AnyConfig, units: Sequence[Unit], skip: Callable[[str], bool]) -> float:
+        """Wall seconds of experiment ``cfg``: its units not ``skip``-ped (cached or planned
+        earlier) scheduled on the workers, data loading and the analysis."""
+        items = []
+        seen: set[str] = set()
+        for u in units:
+            if u.key in seen or skip(u.key):
+                continue
+            seen.add(u.key)
+            items.append((u.key, self.unit(cfg, u), tuple(getattr(u, "after", ()))))
+        slow = self.p.contention if self.workers > 1 else 1.0
+        wall = list_schedule(items, self.workers) * slow
+        loads = self.p.load_s * (2 if items and self.workers > 1 else 1)
+        return self.factor * loads + wall + self.analysis(cfg)
+
+
+def list_schedule(items: Sequence[tuple[str, float, tuple[str, ...]]], workers: int) -> float:
+    """Makespan of (key, seconds, keys it waits for) run in order on ``workers`` workers: each
+    starts on the first free worker once the units it waits for (among ``items``) have ended."""
+    free = [0.0] * max(1, workers)
+    end: dict[str, float] = {}
+    for key, secs, after in items:
+        i = min(range(len(free)), key=free.__getitem__)
+        start = max([free[i], *(end[k] for k in after if k in end)])
+        free[i] = end[key] = start + secs
+    return max(free)
+
+
+def _n_test(cfg: AnyConfig, probe: Probe) -> int:
+    return probe.n_test_max if cfg.data.n_test is None else min(cfg.data.n_test, probe.n_test_max)
+
+
+# ============================================================================= plans
+
+
+@dataclass(frozen=True)
+class Head:
+    """The data-scaling part of a plan (shared by the other experiments: data, seeds, training)."""
+
+    n_max: int
+    n_min: int
+    seeds: int
+    steps: int
+    n_val: int
+    n_test: int
+    factor: float = 2.0  # the grid n_min · factor^k lands on n_max (3 or 4 points)
+    lr: float | None = None  # the probe's stable learning rate (None: the config's)
+
+
+@dataclass(frozen=True)
+class Tail:
+    """The after-kernel and kernel-evolution parts of a plan."""
+
+    pretrained: bool
+    n0: int
+    grow: bool
+    evolution: bool
+    checkpoints: int
+    probe: int  # probe_train = regress_n; probe_test = min(probe, n_test)
+    evo_n: int = 0  # the evolution run's training-set size (0: n_max)
+
+
+@dataclass
+class Plan:
+    """A full plan: the configs of the experiments to run and their estimated seconds."""
+
+    head: Head
+    tail: Tail
+    configs: dict[str, AnyConfig]
+    estimates: dict[str, float]
+    fits: bool = True
+
+    @property
+    def total(self) -> float:
+        return sum(self.estimates.values())
+
+    def describe(self) -> dict[str, Any]:
+        """The plan's numbers for ``explain.json`` and the report."""
+        ds = self.configs.get("data-scaling")
+        d: dict[str, Any] = {
+            "n_grid": ds.data.n_grid() if ds else [],
+            "seeds": ds.seeds if ds else self.head.seeds,
+            "steps": ds.train.total_steps(self.head.n_max) if ds else self.head.steps,
+            "lr": ds.train.lr if ds else self.head.lr,
+            "n_val": self.head.n_val,
+            "n_test": self.head.n_test,
+        }
+        pk = self.configs.get("pretrained-kernel")
+        if pk is not None:
+            d.update(n0=pk.pretrained.n0[0], grow=pk.pretrained.grow)
+        ke = self.configs.get("kernel-evolution")
+        if ke is not None:
+            d.update(
+                evolution_n=ke.evolution.n,
+                checkpoints=ke.evolution.n_checkpoints,
+                probe=ke.evolution.probe_train,
+            )
+        d["estimated_seconds"] = {k: round(v, 1) for k, v in self.estimates.items()}
+        return d
+
+
+_MISSING = object()
+
+
+def _get(raw: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = raw
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def _pow2_down(n: int) -> int:
+    return 1 << (max(n, 1).bit_length() - 1)
+
+
+def head_levels(inputs: Inputs, probe: Probe) -> list[Head]:
+    """Data-scaling plans from the largest to the smallest, in order of preference.
+
+    n_max runs over the largest pool size allowed and the powers of two below it (down to
+    32); the grid is 4 points from n_max/8 to n_max (3 when n_max is tiny), geometric. For each n_max,
+    in order: 3 then 2 seeds and 1000/500 test points with ~30 epochs at n_max (at least 100
+    steps); then 2 seeds, 500/250 test points, ~15 epochs; last resorts ~8 epochs (at least 40
+    steps). Values the user set (seeds, steps, n_val, n_test) are kept.
+    """
+    floor = max(8, 2 * probe.num_outputs)
+    cap = min(inputs.n_cap or LADDER_MAX, LADDER_MAX)
+    fixed_val, fixed_test, fixed_seeds = (
+        _get(inputs.base, k) for k in ("data.n_val", "data.n_test", "seeds")
+    )
+    lr = None if _get(inputs.base, "train.lr") is not _MISSING else probe.lr or None
+
+    def n_val_for(n_max: int) -> int:
+        return int(fixed_val) if fixed_val is not _MISSING else int(min(256, max(32, n_max // 4)))
+
+    top = min(cap, probe.pool - n_val_for(min(cap, probe.pool)))
+    if top < 8:
+        raise DataError(
+            f"the training pool has {probe.pool} samples; too few for a data-scaling plan with a validation split."
+        )
+    n_maxes = [top] + [q for q in (_pow2_down(top) >> i for i in range(12)) if 32 <= q < top]
+    tests = (1000, 500, 250)
+    out: list[Head] = []
+    for epochs, min_steps, variants in (
+        (30, 100, ((3, 0), (2, 0), (2, 1))),
+        (15, 100, ((2, 1), (2, 2))),
+        (8, 40, ((2, 2),)),
+    ):
+        for top_n in n_maxes:
+            n_val = n_val_for(top_n)
+            n_max = min(top_n, probe.pool - n_val)
+            n_min = max(min(floor, n_max // 4), n_max // 8, 2)
+            ratio = n_max / n_min
+            factor = ratio ** (1 / (3 if ratio >= 6 else 2))
+            steps = int(min(1500, max(min_steps, round(epochs * n_max / max(probe.batch, 1)))))
+            for seeds, ti in variants:
+                t = min(probe.n_test_max, tests[ti]) if fixed_test is _MISSING else int(fixed_test)
+                s = seeds if fixed_seeds is _MISSING else int(fixed_seeds)
+                out.append(Head(n_max, n_min, s, steps, n_val, t, round(factor, 6), lr))
+    return list(dict.fromkeys(out))
+
+
+def tail_levels(head: Head, available: Sequence[str]) -> list[Tail]:
+    """After-kernel and evolution plans from the largest to none, in order of preference.
+
+    The first ``FULL_TAILS`` keep both experiments: the after-kernel at n₀ = n_max/2 (also at
+    n₀ = n in the first two), and the evolution run on n_max (then n_max/2, n_max/4) points with
+    10 down to 4 checkpoints and probes of 256 down to 32 points. Then evolution only,
+    after-kernel only, neither.
+    """
+    n0 = max(head.n_min, head.n_max // 2)
+    levels = (  # grow, checkpoints, probe, evolution n = n_max / this
+        (True, 10, 256, 1),
+        (True, 8, 128, 1),
+        (False, 8, 128, 1),
+        (False, 6, 128, 1),
+        (False, 5, 64, 1),
+        (False, 4, 64, 1),
+        (False, 4, 64, 2),
+        (False, 4, 32, 4),
+    )
+    out = []
+    for grow, ckpts, probe, div in levels:
+        evo_n = max(head.n_max // div, min(16, head.n_max))
+        out.append(Tail(True, n0, grow, True, ckpts, min(probe, evo_n), evo_n))
+    small = min(32, head.n_max)
+    evo_n = max(head.n_max // 4, small)
+    out += [
+        Tail(False, n0, False, True, 4, small, evo_n),
+        Tail(True, n0, False, False, 4, small, evo_n),
+        Tail(False, n0, False, False, 4, small, evo_n),
+    ]
+    return [
+        replace(
+            t,
+            pretrained=t.pretrained and "pretrained-kernel" in available,
+            evolution=t.evolution and "kernel-evolution" in available,
+        )
+        for t in out
+    ]
+
+
+def make_configs(inputs: Inputs, head: Head, tail: Tail) -> dict[str, AnyConfig]:
+    """The validated configs of a (head, tail) plan; the user's own settings always win."""
+    spec = inputs.model is None
+    base = _deep_merge(
+        {
+            "seeds": head.seeds,
+            "train": {"steps": head.steps, **({"lr": head.lr} if head.lr else {})},
+            "data": {"n_val": head.n_val, "n_test": head.n_test},
+            "methods": ["nn", "entk", "ntk"] if spec else ["nn", "entk"],
+        },
+        inputs.base,
+    )
+    base["data"].update(n_min=head.n_min, n_max=head.n_max, grid_factor=head.factor)
+    if _get(inputs.base, "train.epochs") is not _MISSING:
+        base["train"].pop("steps", None)
+    configs: dict[str, AnyConfig] = {"data-scaling": validate({**base, "experiment": "data-scaling"})}
+    if tail.pretrained:
+        raw = _deep_merge(
+            {**base, "pretrained": {"n0": [tail.n0], "grow": tail.grow}},
+            {"pretrained": inputs.sections.get("pretrained", {})},
+        )
+        configs["pretrained-kernel"] = validate({**raw, "experiment": "pretrained-kernel"})
+    if tail.evolution:
+        evo = {
+            "n": tail.evo_n or head.n_max,
+            "n_checkpoints": tail.checkpoints,
+            "probe_train": tail.probe,
+            "probe_test": min(tail.probe, head.n_test),
+            "regress_n": tail.probe,
+        }
+        raw = _deep_merge(
+            {**base, "seeds": 1, "evolution": evo}, {"evolution": inputs.sections.get("evolution", {})}
+        )
+        configs["kernel-evolution"] = validate({**raw, "experiment": "kernel-evolution"})
+    return configs
+
+
+def available_experiments() -> list[str]:
+    """The experiments of :data:`EXPERIMENTS` whose modules this install has."""
+    import importlib.util
+
+    from ntklab import experiments
+
+    return [e for e in EXPERIMENTS if importlib.util.find_spec(experiments.MODULES[e]) is not None]
+
+
+def plan_units(name: str, cfg: AnyConfig) -> list[Unit]:
+    """The units of experiment ``name`` with config ``cfg``."""
+    from ntklab import experiments
+
+    return experiments.get(name).plan(cfg)
+
+
+class Estimator:
+    """Estimated wall seconds of experiments; units already stored, or planned by an earlier
+    experiment of the same plan, cost nothing (their keys are shared)."""
+
+    def __init__(self, costs: CostModel, store: Any) -> None:
+        self.costs, self.store = costs, store
+        self._stored: dict[str, bool] = {}
+
+    def stored(self, key: str) -> bool:
+        if key not in self._stored:
+            self._stored[key] = bool(self.store.has(key))
+        return self._stored[key]
+
+    def __call__(self, configs: Mapping[str, AnyConfig], earlier: set[str] | None = None) -> dict[str, float]:
+        seen = set(earlier or ())
+        out = {}
+        for name, cfg in configs.items():
+            units = plan_units(name, cfg)
+            out[name] = self.costs.experiment(cfg, units, lambda k, seen=seen: k in seen or self.stored(k))
+            seen |= {u.key for u in units}
+        return out
+
+
+def choose_plan(inputs: Inputs, probe: Probe, estimator: Estimator, seconds: float) -> Plan:
+    """The largest plan whose estimate fits ``seconds``.
+
+    First pass: the first head of :func:`head_levels` whose data scaling takes at most
+    ``HEAD_SHARE`` of ``seconds``, with the largest tail that keeps every available experiment
+    and fits. Second pass (a small budget): the smallest head with the largest tail that fits,
+    dropping experiments. When nothing fits, the smallest plan with ``fits = False``.
+    """
+    avail = available_experiments()
+    heads = head_levels(inputs, probe)
+    for head in heads:
+        tails = tail_levels(head, avail)
+        if estimator(make_configs(inputs, head, tails[-1]))["data-scaling"] > HEAD_SHARE * seconds:
+            continue
+        for tail in tails[:FULL_TAILS]:
+            configs = make_configs(inputs, head, tail)
+            est = estimator(configs)
+            if sum(est.values()) <= seconds:
+                return Plan(head, tail, configs, est)
+    head = heads[-1]
+    tails = tail_levels(head, avail)
+    for tail in tails:
+        configs = make_configs(inputs, head, tail)
+        est = estimator(configs)
+        if sum(est.values()) <= seconds:
+            return Plan(head, tail, configs, est)
+    configs = make_configs(inputs, head, tails[FULL_TAILS - 1])
+    return Plan(head, tails[FULL_TAILS - 1], configs, estimator(configs), fits=False)
+
+
+def shrink_plan(
+    inputs: Inputs, plan: Plan, estimator: Estimator, seconds: float, remaining: Sequence[str]
+) -> Plan:
+    """Re-plan the experiments still to run (``remaining``) to fit ``seconds``: the first tail of
+    the ladder, no larger than the current one, whose estimate fits (experiments are dropped
+    last); ``fits = False`` and none of them when nothing fits."""
+    tails = tail_levels(plan.head, available_experiments())
+    start = tails.index(plan.tail) if plan.tail in tails else 0
+    kept = {k: v for k, v in plan.configs.items() if k not in remaining}
+    for tail in tails[start:]:
+        configs = make_configs(inputs, plan.head, tail)
+        todo = {k: v for k, v in configs.items() if k in remaining}
+        est = estimator(todo)
+        if sum(est.values()) <= seconds:
+            return Plan(plan.head, tail, {**kept, **todo}, {**plan.estimates, **est})
+    return Plan(plan.head, tails[-1], kept, plan.estimates, fits=False)
+
+
+# ============================================================================= execution
+
+
+@dataclass
+class Clock:
+    """The budget: seconds since ``start`` (``time.perf_counter``) against ``budget_s``."""
+
+    start: float
+    budget_s: float
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def left(self) -> float:
+        return self.budget_s - self.elapsed()
+
+
+@dataclass
+class Calibration:
+    """Measured vs estimated seconds of the work done so far; ``factor`` scales later estimates."""
+
+    estimated: float = 0.0
+    actual: float = 0.0
+
+    def add(self, estimated: float, actual: float) -> None:
+        self.estimated += estimated
+        self.actual += actual
+
+    @property
+    def factor(self) -> float:
+        """actual / estimated once 3 s of work were measured, in [1, 10] (plans only shrink)."""
+        if self.actual < 3.0 or self.estimated <= 0:
+            return 1.0
+        return max(1.0, min(self.actual / self.estimated, 10.0))
+
+
+class PlanExecutor:
+    """Runs an experiment's units under the explain budget, on a process pool or in process.
+
+    Units start in plan order once the units they read (``Unit.after``) are stored, on the
+    first free worker (``pool``: a ``ProcessPoolExecutor`` whose workers run
+    :func:`ntklab.run.executors.run_in_worker`; None: in this process). Time is checked per
+    repetition (the units with one ``seed_index``), because a repetition missing some n would
+    cost the exponent fits those n for every repetition:
+
+    * the first repetition is always admitted; a later one only if all its units, scheduled on
+      the workers with the calibrated estimates, end before ``deadline`` (the experiment's
+      share of the budget); otherwise it is skipped whole;
+    * any unit whose calibrated estimate would end after ``hard_deadline`` (the end of the
+      budget, less the analysis and report) is skipped, with every unit not started yet.
+
+    Skipped units stay missing in the store (not failed), so running explain again computes
+    them. Updates the shared progress ``bar`` and the ``calibration`` (uncalibrated estimate
+    vs measured seconds of every unit run).
+    """
+
+    name = "explain"
+
+    def __init__(
+        self,
+        cfg: AnyConfig,
+        costs: CostModel,
+        deadline: float,
+        calibration: Calibration,
+        bar: Any,
+        pool: Any = None,
+        workers: int = 1,
+        hard_deadline: float | None = None,
+    ) -> None:
+        self.cfg, self.costs, self.deadline = cfg, costs.scaled(1.0), deadline
+        self.hard_deadline = deadline if hard_deadline is None else max(hard_deadline, deadline)
+        self.calibration, self.bar, self.pool = calibration, bar, pool
+        self.workers = workers if pool is not None else 1
+        self.skipped: list[str] = []
+        self.unit_seconds = 0.0
+
+    def close(self) -> None:
+        """The pool belongs to :func:`explain`; nothing to release here."""
+
+    def _group_fits(self, group: list[Unit], busy: int) -> bool:
+        items = [(u.key, self.costs.unit(self.cfg, u), tuple(getattr(u, "after", ()))) for u in group]
+        slow = self.costs.p.contention if self.workers > 1 else 1.0
+        wall = list_schedule(items, max(1, self.workers - busy)) * slow * self.calibration.factor
+        return time.perf_counter() + wall <= self.deadline
+
+    def run(
+        self,
+        units: Sequence[Unit],
+        ctx: Any,
+        store: Any,
+        *,
+        retry_failed: bool = False,
+        progress: bool | None = None,
+    ) -> Any:
+        """Run the missing units of ``units`` (the executor interface of :mod:`ntklab.run.executors`)."""
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        from ntklab.run.executors import config_payload, execute_unit, pending, run_in_worker
+
+        if callable(ctx) and not hasattr(ctx, "cfg"):  # an older interface passed a factory
+            ctx = ctx()
+        if getattr(ctx, "store", None) is None:
+            ctx.store = store  # units that read other units' results
+        todo, out = pending(units, store, retry_failed)
+        self.bar.update(len(out.cached) + len(out.failed))
+        waiting = list(todo)
+        running: dict[Any, tuple[Unit, float, float]] = {}
+        payload = config_payload(ctx) if self.pool is not None else None
+        seed_of = {u.key: u.args.get("seed_index") for u in todo}
+        first = min((v for v in seed_of.values() if isinstance(v, int)), default=None)
+        admitted: set[Any] = {first, None}
+
+        def skip(labels: list[Unit]) -> None:
+            self.skipped += [v.label for v in labels]
+            self.bar.update(len(labels))
+            for v in labels:
+                waiting.remove(v)
+
+        def finished(u: Unit, est: float, secs: float, err: str | None) -> None:
+            self.calibration.add(est, secs)
+            self.unit_seconds += secs
+            out.add(u.key, secs, err)
+            self.bar.set_postfix_str(f"{self.cfg.experiment}: {u.label}")
+            self.bar.update(1)
+
+        while waiting or running:
+            started = True
+            while waiting and len(running) < self.workers and started:
+                started = False
+                for u in list(waiting):
+                    deps = tuple(getattr(u, "after", ()))
+                    if any(k in out.failed for k in deps):
+                        waiting.remove(u)
+                        out.failed[u.key] = f"DependencyError: a unit it reads failed ({u.label})"
+                        self.bar.update(1)
+                        started = True
+                        break
+                    if not all(store.has(k) for k in deps):
+                        continue
+                    seed = seed_of[u.key]
+                    if seed not in admitted:
+                        group = [v for v in waiting if seed_of[v.key] == seed]
+                        if not self._group_fits(group, len(running)):
+                            skip(group)
+                            started = True
+                            break
+                        admitted.add(seed)
+                    est = self.costs.unit(self.cfg, u)  # uncalibrated: calibration compares with it
+                    if time.perf_counter() + est * self.calibration.factor > self.hard_deadline:
+                        skip(list(waiting))
+                        break
+                    waiting.remove(u)
+                    started = True
+                    if self.pool is None:
+                        key, secs, err = execute_unit(u, ctx, store)
+                        finished(u, est, secs, err)
+                    else:
+                        cfg_json, digest = payload
+                        fut = self.pool.submit(run_in_worker, cfg_json, digest, str(store.root), None, u)
+                        running[fut] = (u, est, time.perf_counter())
+                    break
+            if running:
+                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for fut in done:
+                    u, est, t0 = running.pop(fut)
+                    res = fut.result()
+                    if res.get("user_error") is not None:
+                        raise res["user_error"]
+                    if res.get("cached"):
+                        out.cached.append(u.key)
+                        self.bar.update(1)
+                    else:
+                        finished(u, est, time.perf_counter() - t0, res.get("error"))
+            elif waiting and not started:  # nothing can start: what they read is missing
+                skip(list(waiting))
+        return out
+
+
+def default_workers() -> int:
+    """Worker processes for the units: the CPUs this process may use (units run single-threaded)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def start_pool(workers: int) -> Any:
+    """A ``spawn`` process pool of ``workers`` workers, already importing ntklab (None for 1)."""
+    if workers <= 1:
+        return None
+    import importlib
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    for _ in range(workers):
+        pool.submit(importlib.import_module, "ntklab.experiments.units")
+    return pool
+
+
+def stop_pool(pool: Any, now: bool = False) -> None:
+    """Shut the pool down: wait for its workers, or (``now``, on an interrupt) terminate them."""
+    if pool is None:
+        return
+    if not now:
+        pool.shutdown(wait=True)
+        return
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    for p in procs:
+        p.join(timeout=5)
+
+
+def describe_config(cfg: AnyConfig) -> str:
+    """One line with what the planner chose for ``cfg``."""
+    if cfg.experiment == "pretrained-kernel":
+        grow = " and at n0 = n" if cfg.pretrained.grow else ""
+        return f"after-kernel at n0 = {cfg.pretrained.n0[0]}{grow}, {cfg.seeds} seeds"
+    if cfg.experiment == "kernel-evolution":
+        ev = cfg.evolution
+        return (
+            f"n = {ev.n}, {ev.n_checkpoints} checkpoints, probe {ev.probe_train} train / {ev.probe_test} test"
+        )
+    return (
+        f"n ∈ {{{', '.join(map(str, cfg.data.n_grid()))}}}, {cfg.seeds} seeds, "
+        f"{cfg.train.total_steps(cfg.data.n_max)} steps at lr {cfg.train.lr:.3g}, "
+        f"{cfg.data.n_val} val / {cfg.data.n_test} test points, "
+        f"methods {', '.join(cfg.methods)}"
+    )
+
+
+def _echo_plan(echo: Callable[[str], None], probe: Probe, plan: Plan, budget_s: float, workers: int) -> None:
+    echo(
+        f"probe {probe.seconds:.1f} s ({probe.threads} thread(s) per unit, {workers} worker(s), "
+        f"contention x{probe.contention:.2f}): "
+        f"train step {probe.step_s:.3g} s (batch {probe.batch}), eNTK {probe.feature_s:.3g} s/sample "
+        f"+ {probe.pair_s * 1e6:.3g} µs/entry, data {probe.load_s:.2g} s; "
+        f"{probe.n_params} parameters, {probe.num_outputs} output(s)"
+    )
+    if not probe.lr_stable:
+        echo(
+            f"  warning: training diverged in the probe even at learning rate {probe.lr:.3g}; set train.lr lower"
+        )
+    echo(f"plan for a budget of {budget_s / 60:.3g} min (estimated {plan.total / 60:.2f} min of work):")
+    for name, cfg in plan.configs.items():
+        echo(f"  {name:<18} {describe_config(cfg)}  (~{plan.estimates.get(name, 0):.0f} s)")
+    if not plan.fits:
+        echo("  warning: even the smallest plan is estimated past the budget; late units will be skipped.")
+
+
+def _cfg_json(cfg: AnyConfig) -> dict[str, Any]:
+    return cfg.model_dump(mode="json")
+
+
+def _load_state(out: Path, inputs: Inputs) -> dict[str, Any] | None:
+    meta = out / "explain.json"
+    if meta.is_file():
+        try:
+            state = json.loads(meta.read_text())
+        except json.JSONDecodeError:
+            raise RunDirError(f"{meta} is not readable JSON; remove it or choose another --out.") from None
+        if state.get("inputs_digest") != inputs.digest():
+            raise RunDirError(
+                f"{out} holds an explain run with other inputs (model, data, settings or budget); "
+                "choose another --out or remove it."
+            )
+        return state
+    if out.exists() and (
+        not out.is_dir() or any(not p.name.startswith(("user-model-", "data-")) for p in out.iterdir())
+    ):
+        raise RunDirError(f"{out} exists and is not an ntklab explain folder; choose another --out.")
+    return None
+
+
+def _save_state(out: Path, state: dict[str, Any]) -> None:
+    from ntklab.run.store import atomic_write
+
+    atomic_write(out / "explain.json", json.dumps(state, indent=1, default=str).encode())
+
+
+def _count_units(configs: Mapping[str, AnyConfig], names: Sequence[str]) -> int:
+    return sum(len({u.key for u in plan_units(n, configs[n])}) for n in names if n in configs)
+
+
+def _resumed_plan(state: dict[str, Any], estimator: Estimator) -> Plan:
+    configs = {k: validate(v) for k, v in state["plan_configs"].items()}
+    ds = configs["data-scaling"]
+    head = Head(
+        ds.data.n_max,
+        ds.data.n_min,
+        ds.seeds,
+        ds.train.total_steps(ds.data.n_max),
+        ds.data.n_val,
+        ds.data.n_test or 0,
+        ds.data.grid_factor,
+        ds.train.lr,
+    )
+    return Plan(head, Tail(**state["tail"]), configs, estimator(configs))
+
+
+def explain(
+    model: str | Callable[[], nn.Module] | None = None,
+    data: str | Path | Mapping[str, Any] = "mnist1d",
+    *,
+    out: str | Path | None = None,
+    budget_minutes: float = DEFAULT_BUDGET_MINUTES,
+    data_path: str | Path | None = None,
+    arch: str | None = None,
+    config: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    n_max: int | None = None,
+    workers: int | None = None,
+    progress: bool | None = None,
+    echo: Callable[[str], None] | None = print,
+) -> dict[str, Any]:
+    """Does the NTK explain this network? Plan, run and report within ``budget_minutes``.
+
+    Parameters
+    ----------
+    model : str, callable or None
+        ``"path/to/file.py:function"`` or a callable returning a fresh ``nn.Module`` (called once
+        per seed under a seeded RNG; it gets ``num_outputs`` and/or ``input_shape`` when it has
+        parameters of those names). None: ntklab's spec (``arch`` or the ``config``'s arch),
+        which adds the infinite-width NTK to the comparison.
+    data : str, Path or dict
+        An ``.npz`` with ``x_train``, ``y_train``, ``x_test``, ``y_test``; a dataset name of the
+        registry (``mnist1d``, ``digits``, ``cifar10`` with ``data_path``, ...); or a dict of
+        those four arrays (saved as an ``.npz`` in the output folder).
+    out : str or Path, optional
+        Output folder (default ``runs/explain-DIGEST``); one sub-folder per experiment.
+    budget_minutes : float
+        Wall-clock budget for everything (probe, training, kernels, regressions, figures, report).
+    data_path, arch, config, overrides :
+        Folder of an on-disk dataset; a zoo architecture name; a TOML config whose sections
+        (training, kernel, fit...) apply to every experiment; ``dotted.key=value`` overrides.
+        Settings given there (e.g. ``train.steps``, ``seeds``) are kept, the planner picks the rest.
+    n_max : int, optional
+        Largest training-set size the plan may use.
+    workers : int, optional
+        Worker processes for the units (default: the CPUs available; 1 runs them in process).
+    progress : bool, optional
+        One progress bar over the whole plan (default: only on a terminal).
+    echo : callable or None
+        Where the plan and the verdicts are printed (None: silent).
+
+    Returns
+    -------
+    dict
+        ``explain.json``'s content plus ``summaries`` {experiment: summary}, ``report_html``,
+        ``report_md`` (paths) and ``out`` (the folder).
+
+    Raises
+    ------
+    NtkLabError
+        One sentence for each user mistake (model, data, config, output folder), before any work.
+    """
+    import torch
+
+    from ntklab.progress import progress_bar
+    from ntklab.report.html import write_report
+    from ntklab.report.verdicts import verdicts
+    from ntklab.run.runner import default_store, run_experiment
+
+    say = echo or (lambda _s: None)
+    clock = Clock(time.perf_counter(), float(budget_minutes) * 60.0)
+    if workers is not None and workers < 1:
+        raise NtkLabError(f"--workers must be at least 1; got {workers}.")
+    inputs, out_dir, files = resolve_inputs(
+        model,
+        data,
+        out=Path(out) if out is not None else None,
+        budget_minutes=budget_minutes,
+        data_path=data_path,
+        arch=arch,
+        config=config,
+        overrides=overrides,
+        n_max=n_max,
+    )
+    state = _load_state(out_dir, inputs)
+    for name, blob in files.items():  # the generated model loader / data file the probe reads
+        if not (out_dir / name).is_file():
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / name).write_bytes(blob)
+    base_cfg = validate({**inputs.base, "experiment": "data-scaling"})
+    gpu = base_cfg.device == "cuda" or (base_cfg.device == "auto" and torch.cuda.is_available())
+    n_workers = workers or (1 if gpu else default_workers())
+    lr_fixed = _get(inputs.base, "train.lr") is not _MISSING
+    probe = run_probe(base_cfg, inputs.model_desc, lr_fixed=lr_fixed, workers=n_workers)
+    if workers is None and n_workers > 1 and n_workers / probe.contention < MIN_SPEEDUP:
+        n_workers = 1  # the cores are busy: worker processes would only add their start-up
+    out_dir.mkdir(parents=True, exist_ok=True)
+    store = default_store()
+    costs = CostModel(probe, n_workers, budget_bytes=base_cfg.kernel.memory_budget_mb * 2**20)
+    estimator = Estimator(costs, store)
+    reserve = REPORT_RESERVE_S + (WORKER_START_S if n_workers > 1 else 0.0)
+    if state is not None and state.get("plan_configs"):
+        plan = _resumed_plan(state, estimator)
+        say(f"resuming the explain run in {out_dir} (finished units are reused)")
+    else:
+        plan = choose_plan(inputs, probe, estimator, SAFETY * (clock.left() - reserve))
+        state = {
+            "version": 1,
+            "inputs_digest": inputs.digest(),
+            "inputs": {
+                "model": inputs.model_desc,
+                "data": inputs.data_desc,
+                "budget_minutes": budget_minutes,
+                "n_max": inputs.n_cap,
+                "overrides": list(overrides),
+                "config": str(config) if config else None,
+            },
+            "budget_seconds": clock.budget_s,
+            "tail": asdict(plan.tail),
+            "plan_configs": {k: _cfg_json(v) for k, v in plan.configs.items()},
+        }
+    missing = [e for e in EXPERIMENTS if e not in available_experiments()]
+    state.update(
+        probe=asdict(probe),
+        workers=n_workers,
+        plan=plan.describe(),
+        plan_fits=plan.fits,
+        experiments=[{"name": n, "dir": n, "status": "pending"} for n in EXPERIMENTS],
+        notes=[],
+    )
+    _echo_plan(say, probe, plan, clock.budget_s, n_workers)
+    _save_state(out_dir, state)
+
+    calibration = Calibration()
+    summaries: dict[str, dict[str, Any]] = {}
+    pool = start_pool(n_workers)
+    try:
+        with progress_bar(
+            total=_count_units(plan.configs, EXPERIMENTS), desc="explain", enabled=progress
+        ) as bar:
+            for name in EXPERIMENTS:
+                plan = _run_one(
+                    name, plan, state, inputs, estimator, calibration, clock, bar, pool, n_workers,
+                    out_dir, store, summaries, missing, say, run_experiment,
+                )  # fmt: skip
+    except BaseException:
+        stop_pool(pool, now=True)
+        raise
+    stop_pool(pool)
+    state["calibration_factor"] = round(calibration.factor, 3)
+    state["seconds"] = round(clock.elapsed() + 1.0, 1)  # the report takes about a second
+    _save_state(out_dir, state)
+    html_path, md_path = write_report(out_dir)
+    for name, summary in summaries.items():
+        for v in verdicts(summary):
+            say(f"[{name}] {v.text}")
+    say(f"report: {html_path} ({clock.elapsed():.0f} s of a {clock.budget_s:.0f} s budget)")
+    return {
+        **state,
+        "summaries": summaries,
+        "report_html": str(html_path),
+        "report_md": str(md_path),
+        "out": str(out_dir),
+    }
+
+
+def _run_one(
+    name: str,
+    plan: Plan,
+    state: dict[str, Any],
+    inputs: Inputs,
+    estimator: Estimator,
+    calibration: Calibration,
+    clock: Clock,
+    bar: Any,
+    pool: Any,
+    workers: int,
+    out_dir: Path,
+    store: Any,
+    summaries: dict[str, dict[str, Any]],
+    missing: Sequence[str],
+    say: Callable[[str], None],
+    run_experiment: Callable[..., dict[str, Any]],
+) -> Plan:
+    """Run experiment ``name`` of ``plan`` (re-planning what is left when running late);
+    returns the plan, shrunk or not. Updates ``state``, ``summaries`` and ``explain.json``."""
+    rec = next(r for r in state["experiments"] if r["name"] == name)
+    if name not in plan.configs:
+        rec.update(
+            status="skipped", note="no module in this install" if name in missing else "no budget left"
+        )
+        return plan
+    remaining = [n for n in EXPERIMENTS[EXPERIMENTS.index(name) :] if n in plan.configs]
+    costs = estimator.costs
+    costs.factor = calibration.factor  # estimates from here on use what was measured so far
+    left = clock.left() - REPORT_RESERVE_S
+    est = estimator({n: plan.configs[n] for n in remaining}, set(_done_keys(plan, name)))
+    if name != "data-scaling" and sum(est.values()) > LATE_SAFETY * left:
+        before = set(plan.configs)
+        plan = shrink_plan(inputs, plan, estimator, LATE_SAFETY * left, remaining)
+        say(
+            f"running late (costs x{costs.factor:.2f}, {max(left, 0):.0f} s left): shrank the rest of the plan"
+        )
+        for n in remaining:
+            say(f"  {n:<18} {describe_config(plan.configs[n]) if n in plan.configs else 'dropped'}")
+        for gone in before - set(plan.configs):
+            state["notes"].append(f"{gone}: dropped to stay within the budget.")
+        bar.total = bar.n + _count_units(plan.configs, remaining)
+        bar.refresh()
+        state.update(plan=plan.describe(), tail=asdict(plan.tail))
+        if name not in plan.configs:
+            rec.update(status="skipped", note=f"not enough time left ({max(left, 0):.0f} s)")
+            return plan
+        est = estimator(
+            {n: plan.configs[n] for n in remaining if n in plan.configs}, set(_done_keys(plan, name))
+        )
+    cfg = plan.configs[name]
+    state["plan_configs"][name] = _cfg_json(cfg)
+    rec.update(status="running", estimated_s=round(est.get(name, 0.0), 1))
+    _save_state(out_dir, state)
+    # this experiment's slice of the time left: in proportion to its estimate, and at least
+    # 1.25 x its estimate (the later experiments are shrunk or dropped if that leaves too little)
+    share = est[name] / max(sum(est.values()), 1e-9)
+    time_slice = min(max(left * share, 1.25 * est[name]), left)
+    raw = costs.scaled(1.0)
+    analysis_s = raw.analysis(cfg) + raw.p.load_s
+    now, reserve = time.perf_counter(), analysis_s * calibration.factor
+    deadline = now + time_slice - reserve
+    hard = now + left - reserve  # the later experiments are shrunk or dropped if this runs late
+    executor = PlanExecutor(cfg, costs, deadline, calibration, bar, pool, workers, hard)
+    t0 = time.perf_counter()
+    try:
+        summary = run_experiment(cfg, out_dir / name, executor=executor, store=store, progress=False)
+    except NtkLabError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one experiment's bug must not lose the others
+        msg = f"{type(exc).__name__}: {exc}"
+        rec.update(status="failed", note=msg, seconds=round(time.perf_counter() - t0, 1))
+        state["notes"].append(f"{name}: failed with {msg}")
+        _save_state(out_dir, state)
+        return plan
+    secs = time.perf_counter() - t0
+    if executor.unit_seconds > 0:
+        calibration.add(analysis_s, max(0.0, secs - executor.unit_seconds / max(workers, 1)))
+    summaries[name] = summary
+    rec.update(
+        status="partial" if executor.skipped else "done",
+        seconds=round(secs, 1),
+        skipped_units=executor.skipped,
+        failed_units=len(summary.get("failed_units", [])),
+    )
+    state["seconds"] = round(clock.elapsed(), 1)
+    _save_state(out_dir, state)
+    return plan
+
+
+def _done_keys(plan: Plan, name: str) -> list[str]:
+    """Keys of the units of the experiments before ``name`` (already run: shared units are free)."""
+    keys: list[str] = []
+    for n in EXPERIMENTS[: EXPERIMENTS.index(name)]:
+        if n in plan.configs:
+            keys += [u.key for u in plan_units(n, plan.configs[n])]
+    return keys

@@ -1,0 +1,118 @@
+"""Structured (layer-wise) eNTK: Gram matrices of layer inputs and output gradients.
+
+For an affine layer ``y[t] = w_s · W a[t] + b_s · b`` (Linear: positions ``t`` are the
+leading axes; convolution: ``a[t]`` is the patch of output position ``t``), the per-sample
+gradient is ``w_s Σ_t δ_c[t] ⊗ a[t]``, so its eNTK contribution between samples x and x' is
+
+    Θ_l(x, x')_{cd} = Σ_{t, t'} (w_s² a[t]·a'[t'] + b_s²) · (δ_c[t]·δ'_d[t'])
+
+with ``δ_c = ∂f_c/∂y`` (DESIGN.md eNTK, summed over the layer's parameters). In ``trace``
+mode Σ_c δ_c[t]·δ'_c[t'] / C is one Gram over the stacked (C·O) gradients; for an MLP layer
+(T = 1) this is
+
+    Θ_l = (w_s² A Aᵀ + b_s²) ⊙ (Σ_c Δ_c Δ_cᵀ) / C,   A (n, K), Δ_c (n, O).
+
+Cost per pair of samples: 2·T²·(C'·O + K) flops for the two Grams (``full``: 2·T²·(C²·O + K))
+plus a few passes over the T² products, against 2·C'·O·K for contracting per-sample
+Jacobians (:mod:`ntklab.kernels.jacobian`): the Gram route wins when T² is small against
+O·K/(O + K/C') — always for Dense layers, for convolutions only on small feature maps.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ntklab.kernels.capture import Factors, LayerPlan
+
+#: Cost of one pass over a Gram product entry, in flop-equivalents (memory bound on CPU).
+ELEMENTWISE_FLOPS = 32.0
+
+
+def _k_eff(lp: LayerPlan) -> int:
+    """Columns of the Gram-route input factor: K (weight) + 1 (bias)."""
+    return (lp.K if lp.weight else 0) + (1 if lp.bias else 0)
+
+
+def gram_flops_per_pair(lp: LayerPlan, mode: str, n_cot: int, n_outputs: int) -> float:
+    """Estimated flops of the Gram route for one pair of samples (see module docstring)."""
+    t2 = lp.T * lp.T
+    k = _k_eff(lp)
+    if mode == "full":
+        return t2 * (2.0 * (n_outputs**2 * lp.O + k) + ELEMENTWISE_FLOPS * (n_outputs**2 + 1))
+    return t2 * (2.0 * (n_cot * lp.O + k) + ELEMENTWISE_FLOPS * (1 if lp.T == 1 else 3))
+
+
+def gram_matmul_flops_per_pair(lp: LayerPlan, mode: str, n_cot: int, n_outputs: int) -> float:
+    """Flops of the two Gram matrix products alone, per pair of samples."""
+    c = n_outputs**2 if mode == "full" else n_cot
+    return lp.T * lp.T * 2.0 * (c * lp.O + _k_eff(lp))
+
+
+def jacobian_flops(lp: LayerPlan, mode: str, n_cot: int, n_outputs: int) -> tuple[float, float]:
+    """(flops per pair to contract, flops per sample to build) the layer's per-sample Jacobian."""
+    pair = 2.0 * (n_outputs**2 if mode == "full" else n_cot) * lp.n_params
+    build = 2.0 * n_cot * lp.T * lp.O * (lp.K if lp.kind == "affine" else 1)
+    return pair, build
+
+
+def gram_bytes_per_sample(lp: LayerPlan, n_cot: int, itemsize: int) -> int:
+    """Bytes of the factors kept per sample for the Gram route: a (T, K') and d (T, C', O)."""
+    return itemsize * lp.T * (_k_eff(lp) + n_cot * lp.O)
+
+
+def _chunks(n: int, size: int) -> list[tuple[int, int]]:
+    return [(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def gram_accumulate(
+    acc: torch.Tensor,
+    lp: LayerPlan,
+    f1: Factors,
+    f2: Factors,
+    mode: str,
+    n_outputs: int,
+    max_elems: int = 2**24,
+) -> None:
+    """Add Θ_l between two batches, from their factors, to the float64 ``acc`` (b1, b2) or
+    (b1, b2, C, C).
+
+    Products run in the factors' dtype; ``max_elems`` bounds each T·b1 × T·b2 Gram temporary
+    (the batches are split to fit). The parameterization is folded into ``f.a``
+    (:class:`~ntklab.kernels.capture.Factors`), so ``A Aᵀ = w_s² a·a′ + b_s²`` directly.
+    """
+    a1, d1, a2, d2 = f1.a, f1.d, f2.a, f2.d
+    b1, t, c, o = d1.shape
+    b2 = d2.shape[0]
+    full = mode == "full"
+    scale = 1.0 / n_outputs if mode == "trace" else 1.0
+    per = t * t * (c * c if full else 1)
+    step = max(1, int(math.isqrt(max(1, max_elems // per))))
+    for r0, r1 in _chunks(b1, step):
+        r = r1 - r0
+        A1 = a1[r0:r1].reshape(r * t, -1)
+        D1 = d1[r0:r1].reshape(r * t * c, o) if full else d1[r0:r1].reshape(r * t, c * o)
+        for s0, s1 in _chunks(b2, step):
+            s = s1 - s0
+            D2 = d2[s0:s1].reshape(s * t * c, o) if full else d2[s0:s1].reshape(s * t, c * o)
+            g = D1 @ D2.T  # Σ over output features (and over cotangents unless full)
+            gp = A1 @ a2[s0:s1].reshape(s * t, -1).T  # w_s² a·a' + b_s²
+            dst = acc[r0:r1, s0:s1]
+            if full:
+                g = g.view(r, t, c, s, t, c).mul_(gp.view(r, t, 1, s, t, 1))
+                dst.add_(g.sum(4).sum(1).permute(0, 2, 1, 3))
+            else:  # fp32 product, then one fp64 accumulation (mixed-dtype addcmul_ is slow)
+                g.mul_(gp)
+                dst.add_(g if t == 1 else g.view(r, t, s, t).sum(3).sum(1), alpha=scale)
+
+
+def gram_block(
+    lp: LayerPlan, f1: Factors, f2: Factors, mode: str, n_outputs: int, max_elems: int = 2**24
+) -> torch.Tensor:
+    """Θ_l between two batches -> float64 (b1, b2) or (b1, b2, C, C) (see :func:`gram_accumulate`)."""
+    b1, b2, c = f1.d.shape[0], f2.d.shape[0], n_outputs
+    shape = (b1, b2, c, c) if mode == "full" else (b1, b2)
+    acc = torch.zeros(shape, dtype=torch.float64, device=f1.d.device)
+    gram_accumulate(acc, lp, f1, f2, mode, n_outputs, max_elems)
+    return acc

@@ -1,0 +1,344 @@
+"""Plain-language verdicts: pure functions from an experiment's ``summary.json`` to sentences.
+
+Every sentence states the measured numbers it rests on, formatted by :func:`fmt_alpha` and
+:func:`fmt_num` (the report renders the same numbers with the same functions, so a reader, or a
+test, finds in the text exactly the values of the summary rounded for display).
+
+Two scaling exponents are compared through their bootstrap confidence intervals
+(:mod:`ntklab.scaling`, DESIGN.md): disjoint intervals mean one law is steeper than the other;
+overlapping intervals mean the two are *not distinguishable at this n range*, which is a
+statement about the measurement, not evidence that they are equal.
+
+Findings (Vyas, Bansal & Nakkiran 2022, arXiv 2206.10012):
+
+* ``data-scaling``: the network's α against the eNTK at init (and the infinite NTK/NNGP);
+* ``width-scaling``: the same comparison for every width that has both;
+* ``pretrained-kernel``: the after-kernel against the eNTK at init and against the network;
+* ``kernel-evolution``: how long the eNTK keeps moving, and kernel regression with the final eNTK
+  against the network.
+
+Example
+-------
+>>> s = {"experiment": "data-scaling", "n_grid": [32, 64],
+...      "exponents": {"nn": {"alpha": 0.42, "ci_low": 0.37, "ci_high": 0.47},
+...                    "entk": {"alpha": 0.21, "ci_low": 0.18, "ci_high": 0.24}}}
+>>> print(verdicts(s)[0].text)  # doctest: +NORMALIZE_WHITESPACE
+The network's exponent α = 0.420 [0.370, 0.470] is above the eNTK at init's α = 0.210 [0.180,
+0.240] (95% CIs, n = 32–64): the eNTK at init does not explain the network's data scaling.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+LABELS = {
+    "nn": "network",
+    "entk": "eNTK at init",
+    "ntk": "infinite-width NTK",
+    "nngp": "infinite-width NNGP",
+    "after_kernel": "after-kernel",
+}
+KERNELS = ("entk", "ntk", "nngp")
+MOVING = 0.5  # velocity above 10% of peak for at least this fraction of training: "keeps moving"
+SETTLED = 0.2  # ... for at most this fraction: "settles early"
+MATCH = 1.05  # kernel-regression test loss within 5% of the network's: "matches"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One finding in one sentence (or two).
+
+    Attributes
+    ----------
+    finding : str
+        Which question it answers, e.g. ``"eNTK at init vs network (data scaling)"``.
+    text : str
+        The sentence(s), with the numbers they rest on.
+    status : str
+        ``"explains"``, ``"does-not-explain"``, ``"indistinguishable"`` or ``"info"``; the report
+        uses it for colour only.
+    """
+
+    finding: str
+    text: str
+    status: str
+
+
+# ----------------------------------------------------------------------------- formatting
+
+
+def fmt_num(x: Any) -> str:
+    """A measured number for display: 4 significant digits (``nan`` when missing)."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return "nan"
+    return "nan" if not math.isfinite(v) else f"{v:.4g}"
+
+
+def fmt_exp(x: Any) -> str:
+    """An exponent or CI bound for display: 3 decimals (``nan`` when missing)."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return "nan"
+    return "nan" if not math.isfinite(v) else f"{v:.3f}"
+
+
+def fmt_alpha(e: dict[str, Any]) -> str:
+    """``α = 0.420 [0.370, 0.470]``: an exponent with its confidence interval."""
+    return f"α = {fmt_exp(e.get('alpha'))} [{fmt_exp(e.get('ci_low'))}, {fmt_exp(e.get('ci_high'))}]"
+
+
+def fmt_pct(x: Any) -> str:
+    """A fraction as a whole percentage, ``62%``."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return "nan"
+    return "nan" if not math.isfinite(v) else f"{100 * v:.0f}%"
+
+
+def method_label(method: str) -> str:
+    """Human name of a method key: ``after_kernel@n0=128`` -> ``after-kernel (n₀ = 128)``."""
+    base, _, tag = method.partition("@")
+    name = LABELS.get(base, base)
+    if not tag:
+        return name
+    m = re.fullmatch(r"n0=(\w+)", tag)
+    if m:
+        return f"{name} (n₀ = {m.group(1)})"
+    m = re.fullmatch(r"w(?:idth)?=(\d+)", tag)
+    if m:
+        return f"{name} (width {m.group(1)})"
+    return f"{name} ({tag})"
+
+
+def _possessive(label: str) -> str:
+    return f"{label}'" if label.endswith("s") else f"{label}'s"
+
+
+def n_range(summary: dict[str, Any]) -> str:
+    """``n = 32–256`` from the summary's ``n_grid`` (empty when unknown)."""
+    grid = summary.get("n_grid") or []
+    return f"n = {min(grid)}–{max(grid)}" if grid else ""
+
+
+def _ci_level(summary: dict[str, Any]) -> str:
+    ci = summary.get("ci")
+    return f"{100 * float(ci):.0f}% CIs" if isinstance(ci, (int, float)) else "95% CIs"
+
+
+def _finite(e: dict[str, Any], *keys: str) -> bool:
+    return all(isinstance(e.get(k), (int, float)) and math.isfinite(e[k]) for k in keys)
+
+
+# ----------------------------------------------------------------------------- comparisons
+
+
+def compare_exponents(
+    a_name: str,
+    a: dict[str, Any],
+    b_name: str,
+    b: dict[str, Any],
+    *,
+    where: str,
+    if_a_above: str,
+    if_b_above: str,
+    if_overlap: str,
+) -> tuple[str, str]:
+    """Sentence and status comparing exponent ``a`` with ``b`` through their CIs.
+
+    ``a`` is steeper when ``a.ci_low > b.ci_high``, ``b`` when ``b.ci_low > a.ci_high``; otherwise
+    the CIs overlap (or one is missing) and the exponents are not distinguishable. The three
+    ``if_*`` clauses end the sentence in each case; status is ``"does-not-explain"`` when ``a``
+    (the network) is steeper, ``"indistinguishable"`` on overlap, else ``"info"``.
+    """
+    pa, pb = f"{_possessive(a_name)} exponent {fmt_alpha(a)}", f"{_possessive(b_name)} {fmt_alpha(b)}"
+    paren = f" ({where})" if where else ""
+    if not (_finite(a, "alpha", "ci_low", "ci_high") and _finite(b, "alpha", "ci_low", "ci_high")):
+        return (f"The {pa} and the {pb}{paren} lack a confidence interval: {if_overlap}", "indistinguishable")
+    if a["ci_low"] > b["ci_high"]:
+        return (f"The {pa} is above the {pb}{paren}: {if_a_above}", "does-not-explain")
+    if b["ci_low"] > a["ci_high"]:
+        return (f"The {pa} is below the {pb}{paren}: {if_b_above}", "info")
+    return (
+        f"The {pa} and the {pb} have overlapping CIs{paren}: {if_overlap}",
+        "indistinguishable",
+    )
+
+
+def _kernel_vs_network(summary: dict[str, Any], nn_key: str, kernel: str, context: str) -> Verdict:
+    exps = summary["exponents"]
+    k_label = method_label(kernel)
+    where = ", ".join(x for x in (_ci_level(summary), n_range(summary)) if x)
+    text, status = compare_exponents(
+        method_label(nn_key),
+        exps[nn_key],
+        k_label,
+        exps[kernel],
+        where=where,
+        if_a_above=f"the {k_label} does not explain the network's data scaling.",
+        if_b_above=f"the {k_label} scales better than the trained network at this n range.",
+        if_overlap=f"not distinguishable at this n range; the {k_label} may explain the network's data scaling here.",
+    )
+    return Verdict(f"{k_label} vs network ({context})", text, status)
+
+
+# ----------------------------------------------------------------------------- per experiment
+
+
+def data_scaling(summary: dict[str, Any]) -> list[Verdict]:
+    """Network vs each kernel of a data-scaling summary (finding 1)."""
+    exps = summary.get("exponents", {})
+    if "nn" not in exps:
+        return [
+            _missing(
+                "data scaling", "the network has no fitted exponent (fewer than two grid points finished)"
+            )
+        ]
+    out = [_kernel_vs_network(summary, "nn", k, "data scaling") for k in KERNELS if k in exps]
+    if not out:
+        out.append(_missing("data scaling", "no kernel has a fitted exponent"))
+    return out
+
+
+def width_scaling(summary: dict[str, Any]) -> list[Verdict]:
+    """Network vs kernels, width by width, for methods keyed ``METHOD@TAG`` (finding 2).
+
+    Plain keys (``nn``, ``entk``, ...) are compared as in :func:`data_scaling`; keyed ones are
+    compared within the same tag (``nn@w=64`` with ``entk@w=64``).
+    """
+    exps = summary.get("exponents", {})
+    out: list[Verdict] = []
+    tags = sorted({m.partition("@")[2] for m in exps}, key=lambda t: (len(t), t))
+    for tag in tags:
+        suffix = f"@{tag}" if tag else ""
+        nn_key = f"nn{suffix}"
+        if nn_key not in exps:
+            continue
+        for k in KERNELS:
+            if f"{k}{suffix}" in exps:
+                out.append(_kernel_vs_network(summary, nn_key, f"{k}{suffix}", "width scaling"))
+    return out or [_missing("width scaling", "no width has both a network and a kernel exponent")]
+
+
+def pretrained_kernel(summary: dict[str, Any]) -> list[Verdict]:
+    """After-kernel vs eNTK at init and vs the network (finding 3)."""
+    exps = summary.get("exponents", {})
+    after = sorted((m for m in exps if m.startswith("after_kernel")), key=lambda m: (m.endswith("=n"), m))
+    if not after:
+        return [_missing("pre-trained kernel", "no after-kernel has a fitted exponent")]
+    where = ", ".join(x for x in (_ci_level(summary), n_range(summary)) if x)
+    out: list[Verdict] = []
+    for m in after:
+        label = method_label(m)
+        if "entk" in exps:
+            text, status = compare_exponents(
+                label,
+                exps[m],
+                method_label("entk"),
+                exps["entk"],
+                where=where,
+                if_a_above="training moved the kernel towards the task and improved its data scaling.",
+                if_b_above="the kernel got worse with training at this n range.",
+                if_overlap="not distinguishable at this n range; training did not measurably change the kernel's data scaling.",
+            )
+            out.append(
+                Verdict(f"{label} vs eNTK at init", text, "info" if status != "indistinguishable" else status)
+            )
+        if "nn" in exps:
+            out.append(_kernel_vs_network(summary, "nn", m, "pre-trained kernel"))
+    return out
+
+
+def kernel_evolution(summary: dict[str, Any]) -> list[Verdict]:
+    """How long the eNTK moves and what regression with the final eNTK reaches (finding 4)."""
+    ev = summary.get("evolution") or {}
+    frac = ev.get("velocity_above_10pct_of_peak_fraction")
+    if not isinstance(frac, (int, float)) or not math.isfinite(frac):
+        return [
+            _missing("kernel evolution", "no kernel velocity was measured (too few checkpoints finished)")
+        ]
+    dist = ev.get("final_distance_to_init")
+    moved = (
+        f"the eNTK's velocity stays above 10% of its peak for {fmt_pct(frac)} of training "
+        f"(fraction {fmt_num(frac)}), and its final distance to the kernel at init is S = {fmt_num(dist)}"
+    )
+    if frac >= MOVING:
+        first = Verdict(
+            "does the eNTK settle early?",
+            f"The kernel keeps moving: {moved}; no kernel fixed early in training describes this run.",
+            "does-not-explain",
+        )
+    elif frac <= SETTLED:
+        first = Verdict(
+            "does the eNTK settle early?",
+            f"The kernel settles early: {moved}; after that the network trains in a nearly fixed kernel.",
+            "explains",
+        )
+    else:
+        first = Verdict(
+            "does the eNTK settle early?",
+            f"The kernel moves for part of training: {moved}.",
+            "info",
+        )
+    out = [first]
+    a0, a1 = ev.get("initial_alignment"), ev.get("final_alignment")
+    if isinstance(a1, (int, float)):
+        change = f" (from {fmt_num(a0)} at init)" if isinstance(a0, (int, float)) else ""
+        out.append(
+            Verdict(
+                "kernel-target alignment",
+                f"The centered kernel-target alignment of the eNTK is {fmt_num(a1)} at the end of training{change}.",
+                "info",
+            )
+        )
+    kt, nn = ev.get("kt_regression_test_loss_final"), ev.get("nn_test_loss_final")
+    if _finite({"kt": kt, "nn": nn}, "kt", "nn"):
+        k0 = ev.get("kt_regression_test_loss_init")
+        init = f" (with the eNTK at init: {fmt_num(k0)})" if isinstance(k0, (int, float)) else ""
+        lead = (
+            f"Kernel regression with the final eNTK reaches test MSE {fmt_num(kt)}{init}, "
+            f"against the trained network's {fmt_num(nn)}"
+        )
+        if kt <= MATCH * nn:
+            out.append(
+                Verdict(
+                    "regression with the final eNTK",
+                    f"{lead}: the kernel at the end of training captures what the network learned.",
+                    "explains",
+                )
+            )
+        else:
+            out.append(
+                Verdict(
+                    "regression with the final eNTK",
+                    f"{lead}: even the final kernel, used as a fixed kernel, falls short of the network.",
+                    "does-not-explain",
+                )
+            )
+    return out
+
+
+def _missing(finding: str, why: str) -> Verdict:
+    return Verdict(finding, f"No verdict: {why}.", "info")
+
+
+FINDINGS = {
+    "data-scaling": data_scaling,
+    "width-scaling": width_scaling,
+    "pretrained-kernel": pretrained_kernel,
+    "kernel-evolution": kernel_evolution,
+}
+
+
+def verdicts(summary: dict[str, Any]) -> list[Verdict]:
+    """The verdicts of one experiment's summary (dispatch on ``summary["experiment"]``)."""
+    fn = FINDINGS.get(summary.get("experiment", ""))
+    if fn is None:
+        return [_missing(str(summary.get("experiment")), "this experiment has no verdict rules")]
+    return fn(summary)

@@ -1,0 +1,418 @@
+"""``ntklab explain``: end to end on a user's model file and .npz, the planner, bad input."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from torch import nn
+
+from ntklab import explain
+from ntklab.errors import ArchError, DataError, NtkLabError, RunDirError
+from ntklab.explain import (
+    Calibration,
+    CostModel,
+    Estimator,
+    Inputs,
+    PlanExecutor,
+    Probe,
+    choose_plan,
+    head_levels,
+    list_schedule,
+    make_configs,
+    resolve_inputs,
+    tail_levels,
+)
+from ntklab.report.verdicts import fmt_exp, fmt_num
+
+MODEL = """
+from torch import nn
+
+
+def make_model(input_shape, num_outputs):
+    d = 1
+    for s in input_shape:
+        d *= s
+    return nn.Sequential(nn.Flatten(), nn.Linear(d, 16), nn.Tanh(), nn.Linear(16, num_outputs))
+
+
+def not_a_module(num_outputs):
+    return "a string"
+
+
+def wrong_outputs(input_shape):
+    return nn.Sequential(nn.Flatten(), nn.Linear(input_shape[0], 7))
+"""
+
+
+@pytest.fixture(scope="module")
+def user_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A user's model file and a tiny 3-class .npz (and one lacking a key)."""
+    d = tmp_path_factory.mktemp("user")
+    (d / "model.py").write_text(MODEL)
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(12, 3))
+    x, xt = rng.normal(size=(400, 12)).astype("f4"), rng.normal(size=(150, 12)).astype("f4")
+    arrays = {"x_train": x, "y_train": (x @ w).argmax(1), "x_test": xt, "y_test": (xt @ w).argmax(1)}
+    np.savez(d / "data.npz", **arrays)
+    np.savez(d / "nokey.npz", x_train=x, y_train=arrays["y_train"], x_test=xt)
+    return {"dir": d, "model": d / "model.py", "data": d / "data.npz", "nokey": d / "nokey.npz"}
+
+
+def _hooked() -> bool:
+    """Whether ``ntklab.cli`` already has the explain/report subcommands."""
+    from ntklab import cli
+
+    sub = next(a for a in cli.parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return "explain" in sub.choices
+
+
+STANDALONE = """
+import argparse, sys
+from ntklab.cli_explain import add_subcommands
+from ntklab.errors import NtkLabError
+p = argparse.ArgumentParser(prog="ntklab")
+add_subcommands(p.add_subparsers(dest="command", required=True))
+args = p.parse_args(sys.argv[1:])
+try:
+    sys.exit(args.func(args))
+except NtkLabError as err:
+    print(f"ntklab: error: {err}", file=sys.stderr)
+    sys.exit(err.exit_code)
+"""
+
+
+def cli_command(args: list[str]) -> list[str]:
+    """``python -m ntklab ARGS`` once hooked into the main CLI, else the same through cli_explain."""
+    if _hooked():
+        return [sys.executable, "-m", "ntklab", *args]
+    return [sys.executable, "-c", STANDALONE, *args]
+
+
+def numbers(text: str) -> list[float]:
+    return [float(x) for x in re.findall(r"-?\d+(?:\.\d+)?(?:e[-+]?\d+)?", text)]
+
+
+def check_report_matches_summaries(out: Path) -> None:
+    """Every exponent and evolution number of every summary appears, display-rounded, in both
+    report.md (tables) and report.html (table cells), and in the verdict sentences."""
+    md = (out / "report.md").read_text()
+    html = (out / "report.html").read_text()
+    info = json.loads((out / "explain.json").read_text())
+    cells = re.findall(r'<td class="num">([^<]*)</td>', html)
+    rows = {}
+    for line in md.splitlines():
+        c = [x.strip() for x in line.strip().strip("|").split("|")]
+        if len(c) == 6 and re.fullmatch(r"-?\d+\.\d{3}|nan", c[2]):
+            rows.setdefault(c[1], []).append(c[2:])
+    done = [e for e in info["experiments"] if e["status"] in ("done", "partial")]
+    assert done, info
+    for e in done:
+        summary = json.loads((out / e["dir"] / "summary.json").read_text())
+        for method, fit in summary["exponents"].items():
+            want = [fmt_exp(fit["alpha"]), fmt_exp(fit["ci_low"]), fmt_exp(fit["ci_high"]), fmt_num(fit["a"])]
+            assert want in rows[method], (method, want, rows.get(method))
+            for w in want[:3]:
+                assert w in cells
+            if math.isfinite(fit["alpha"]):
+                assert f"α = {want[0]} [{want[1]}, {want[2]}]" in md  # the verdict sentence
+        for key, value in (summary.get("evolution") or {}).items():
+            if isinstance(value, float):
+                assert f"| {key} | {fmt_num(value)} |" in md
+                assert fmt_num(value) in cells
+        for fig in summary["figures"]:
+            assert f"({e['dir']}/{fig})" in md
+    assert html.count("data:image/png;base64,") == sum(
+        len(json.loads((out / e["dir"] / "summary.json").read_text())["figures"]) for e in done
+    )
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def test_explain_end_to_end_cli(user_files: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "explain"
+    args = [
+        "explain",
+        "--model",
+        f"{user_files['model']}:make_model",
+        "--data",
+        str(user_files["data"]),
+        "--budget-minutes",
+        "0.5",
+        "--n-max",
+        "64",
+        "--workers",
+        "1",
+        "--set",
+        "train.lr=0.05",
+        "--set",
+        "fit.bootstrap=50",
+        "--out",
+        str(out),
+        "-q",
+    ]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cli_command(args), capture_output=True, text=True, timeout=600)
+    wall = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "plan for a budget of 0.5 min" in proc.stdout and "data-scaling" in proc.stdout
+    info = json.loads((out / "explain.json").read_text())
+    assert info["experiments"][0]["status"] in ("done", "partial")
+    assert max(info["plan"]["n_grid"]) <= 64
+    assert info["seconds"] < 0.5 * 60 * 1.1 and wall < 0.5 * 60 * 1.1 + 30  # (+ interpreter start-up)
+    check_report_matches_summaries(out)
+    summary = json.loads((out / "data-scaling" / "summary.json").read_text())
+    assert {"nn", "entk"} <= set(summary["exponents"]), summary
+    cfg = (out / "data-scaling" / "config.toml").read_text()
+    assert "lr = 0.05" in cfg and "make_model" in cfg  # the user's setting is kept
+
+    # the same command again resumes: same plan, every unit cached, same numbers
+    before = (out / "data-scaling" / "results.csv").read_text()
+    proc = subprocess.run(cli_command(args), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resuming" in proc.stdout
+    assert (out / "data-scaling" / "results.csv").read_text() == before
+    assert json.loads((out / "data-scaling" / "summary.json").read_text())["units"]["computed"] == 0
+
+    # other inputs into the same folder are refused
+    proc = subprocess.run(
+        cli_command([*args[:-1], "--set", "seeds=3", "-q"]), capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 2 and "other inputs" in proc.stderr
+
+
+def test_explain_python_api_with_a_closure_and_arrays(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    x, xt = rng.normal(size=(300, 6)).astype("f4"), rng.normal(size=(80, 6)).astype("f4")
+    data = {
+        "x_train": x,
+        "y_train": (x[:, 0] > 0).astype(int),
+        "x_test": xt,
+        "y_test": (xt[:, 0] > 0).astype(int),
+    }
+    hidden = 8
+
+    def factory(num_outputs: int) -> nn.Module:  # a closure: no importable source
+        return nn.Sequential(nn.Linear(6, hidden), nn.ReLU(), nn.Linear(hidden, num_outputs))
+
+    lines: list[str] = []
+    result = explain(
+        factory,
+        data,
+        out=tmp_path / "api",
+        budget_minutes=0.75,
+        n_max=48,
+        workers=1,
+        overrides=["train.lr=0.05", "fit.bootstrap=50"],
+        progress=False,
+        echo=lines.append,
+    )
+    out = Path(result["out"])
+    assert Path(result["report_html"]).is_file() and Path(result["report_md"]).is_file()
+    assert len(list(out.glob("data-*.npz"))) == 1 and len(list(out.glob("user-model-*.pkl"))) == 1
+    assert any(line.startswith("plan for a budget") for line in lines)
+    assert "data-scaling" in result["summaries"]
+    assert result["summaries"]["data-scaling"]["units"]["total"] > 0
+    check_report_matches_summaries(out)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("model", "data", "words"),
+    [
+        ("not_a_module", "data", ["returned str", "not a torch nn.Module"]),
+        ("wrong_outputs", "data", ["outputs (7,)", "3 value(s) per sample"]),
+        ("make_model", "nokey", ["lacks key(s) y_test"]),
+        ("no_such_function", "data", ["has no function 'no_such_function'"]),
+    ],
+)
+def test_bad_input_exit_2_one_sentence(
+    user_files: dict[str, Path], tmp_path: Path, model: str, data: str, words: list[str]
+) -> None:
+    out = tmp_path / "out"
+    args = ["explain", "--model", f"{user_files['model']}:{model}", "--data", str(user_files[data])]
+    proc = subprocess.run(
+        cli_command([*args, "--out", str(out), "-q"]), capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    line = proc.stderr.strip()
+    assert line.count("\n") == 0 and line.startswith("ntklab: error: "), line
+    for w in words:
+        assert w in line
+    assert not out.exists()  # failed before any work
+
+
+def test_resolve_inputs_errors(user_files: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="neither an existing .npz file nor a dataset name"):
+        resolve_inputs(None, "imagenet", out=tmp_path)
+    with pytest.raises(DataError, match="does not exist"):
+        resolve_inputs(None, str(tmp_path / "missing.npz"), out=tmp_path)
+    with pytest.raises(DataError, match="give --data-path"):
+        resolve_inputs(None, "cifar10", out=tmp_path)
+    with pytest.raises(DataError, match="the data dict lacks key"):
+        resolve_inputs(None, {"x_train": np.zeros((3, 2))}, out=tmp_path)
+    with pytest.raises(ArchError, match="PATH.py:FUNCTION"):
+        resolve_inputs("model.py", "digits", out=tmp_path)
+    with pytest.raises(ArchError, match="or a callable"):
+        resolve_inputs(42, "digits", out=tmp_path)  # type: ignore[arg-type]
+    with pytest.raises(NtkLabError, match="positive number of minutes"):
+        resolve_inputs(None, "digits", out=tmp_path, budget_minutes=0)
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "something.txt").write_text("x")
+    with pytest.raises(RunDirError, match="not an ntklab explain folder"):
+        explain(
+            f"{user_files['model']}:make_model", str(user_files["data"]), out=tmp_path / "busy", echo=None
+        )
+
+
+def test_cli_needs_a_model(user_files: dict[str, Path]) -> None:
+    proc = subprocess.run(
+        cli_command(["explain", "--data", "digits"]), capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2 and "explain needs a model" in proc.stderr
+
+
+# ----------------------------------------------------------------------------- planner
+
+
+def fake_probe(**kw: float) -> Probe:
+    base = dict(
+        load_s=0.5,
+        init_s=0.01,
+        step_s=0.05,
+        fwd_s=1e-4,
+        feature_s=0.01,
+        pair_s=1e-6,
+        entk_overhead_s=0.05,
+        feature_bytes=4 * 10 * 50_000,
+        regress_s=0.02,
+        fit_s=0.1,
+        figure_s=0.5,
+        infinite_pair_s=0.0,
+        pool=5000,
+        n_test_max=1000,
+        num_outputs=10,
+        n_params=50_000,
+        batch=128,
+    )
+    return Probe(**{**base, **kw})
+
+
+def fake_inputs(**kw: object) -> Inputs:
+    base = {"data": {"name": "digits"}, "arch": {"name": "mlp", "factory": "m.py:f"}}
+    return Inputs("m.py:f", "m", "digits", base, {}, (), kw.get("n_cap"), 600.0)  # type: ignore[arg-type]
+
+
+class NoStore:
+    def has(self, key: str) -> bool:
+        return False
+
+
+def test_list_schedule_respects_workers_and_dependencies() -> None:
+    items = [("a", 4.0, ()), ("b", 4.0, ()), ("c", 1.0, ("a",)), ("d", 1.0, ("c",))]
+    assert list_schedule(items, 1) == 10.0
+    assert list_schedule(items, 2) == 6.0  # a | b in parallel, then c, then d after c
+    assert list_schedule([], 2) == 0.0
+
+
+def test_costs_grow_with_n_and_steps() -> None:
+    c = CostModel(fake_probe())
+    assert c.entk(512, 1000) > c.entk(256, 1000) > c.entk(256, 0) > 0
+    assert c.train(512, 200, 1000) > c.train(512, 100, 1000)
+    assert c.regress(1024) == pytest.approx(64 * c.regress(256))
+    assert CostModel(fake_probe(), factor=2.0).entk(256, 100) == pytest.approx(2 * c.entk(256, 100))
+
+
+def test_head_levels_respect_cap_pool_and_user_settings() -> None:
+    heads = head_levels(fake_inputs(n_cap=300), fake_probe())
+    assert max(h.n_max for h in heads) == 300 and all(h.n_max + h.n_val <= 5000 for h in heads)
+    for h in heads:
+        grid = make_configs(fake_inputs(n_cap=300), h, tail_levels(h, [])[-1])["data-scaling"].data.n_grid()
+        assert len(grid) in (3, 4) and grid[-1] == h.n_max and grid[0] == h.n_min, (h, grid)
+    inputs = fake_inputs()
+    inputs.base["seeds"] = 5
+    assert {h.seeds for h in head_levels(inputs, fake_probe())} == {5}
+
+
+def test_choose_plan_fits_the_budget_and_grows_with_it() -> None:
+    est = Estimator(CostModel(fake_probe(), workers=2), NoStore())
+    small = choose_plan(fake_inputs(), fake_probe(), est, 60.0)
+    large = choose_plan(fake_inputs(), fake_probe(), est, 1200.0)
+    assert small.total <= 60.0 and large.total <= 1200.0
+    assert large.head.n_max > small.head.n_max
+    assert "data-scaling" in small.configs and "kernel-evolution" in large.configs
+    tiny = choose_plan(fake_inputs(), fake_probe(step_s=100.0), est, 1.0)
+    assert not tiny.fits and tiny.head.n_max == min(h.n_max for h in head_levels(fake_inputs(), fake_probe()))
+
+
+def test_calibration_only_shrinks() -> None:
+    cal = Calibration()
+    cal.add(1.0, 0.5)
+    assert cal.factor == 1.0  # too little measured
+    cal.add(2.0, 8.0)
+    assert cal.factor == pytest.approx(8.5 / 3.0)
+    fast = Calibration()
+    fast.add(100.0, 10.0)
+    assert fast.factor == 1.0
+
+
+def test_executor_skips_units_past_the_deadline(tmp_path: Path) -> None:
+    from ntklab.config import validate
+    from ntklab.experiments import data_scaling
+    from ntklab.progress import progress_bar
+    from ntklab.run.store import Store
+
+    cfg = validate({"experiment": "data-scaling", "data": {"name": "digits", "n_min": 32, "n_max": 64}})
+    units = data_scaling.plan(cfg)
+    store = Store(tmp_path / "store")
+
+    class Ctx:
+        def __init__(self) -> None:
+            self.cfg = cfg
+
+    with progress_bar(total=len(units), desc="t", enabled=False) as bar:
+        ex = PlanExecutor(cfg, CostModel(fake_probe()), time.perf_counter() - 1, Calibration(), bar)
+        out = ex.run(units, Ctx(), store)
+    assert not out.computed and not out.failed
+    assert len(ex.skipped) == len({u.key for u in units})
+    assert not any(store.has(u.key) for u in units)  # missing, not failed: a re-run computes them
+
+
+def test_executor_skips_whole_repetitions(tmp_path: Path) -> None:
+    from ntklab.config import validate
+    from ntklab.experiments import data_scaling
+    from ntklab.progress import progress_bar
+    from ntklab.run.context import RunContext
+    from ntklab.run.store import Store
+
+    cfg = validate(
+        {
+            "experiment": "data-scaling",
+            "seeds": 2,
+            "data": {"name": "digits", "n_min": 32, "n_max": 64, "n_val": 32, "n_test": 64},
+            "arch": {"name": "mlp", "depth": 1, "width": 16},
+            "train": {"steps": 5},
+        }
+    )
+    units = data_scaling.plan(cfg)
+    store = Store(tmp_path / "store")
+    slow = CostModel(fake_probe(step_s=1000.0))  # every unit looks far too long for the deadline
+    now = time.perf_counter()
+    with progress_bar(total=len(units), desc="t", enabled=False) as bar:
+        ex = PlanExecutor(cfg, slow, now + 1.0, Calibration(), bar, hard_deadline=now + 1e7)
+        out = ex.run(units, RunContext(cfg, progress=False), store)
+    seed0 = {u.key for u in units if u.args["seed_index"] == 0}
+    assert set(out.computed) == seed0 and not out.failed  # the first repetition always runs
+    assert ex.skipped and all("seed=1" in label for label in ex.skipped)
