@@ -262,7 +262,7 @@ def bench_nngeometry(
         return
     twin = torch_twin(name, model)
     try:  # grow n by 4x while the quadratic prediction stays under MAX_SECONDS / 2
-        n_run = min(n, 256)
+        n_run = min(n, 32)
         t = nngeometry_gram(twin, inputs(shape, n_run))
         while n_run < n and t * (min(n, 4 * n_run) / n_run) ** 2 <= MAX_SECONDS / 2:
             n_run = min(n, 4 * n_run)

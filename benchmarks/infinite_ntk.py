@@ -1,8 +1,8 @@
 """Speed of the infinite-width NNGP+NTK (``ntklab.kernels.infinite.kernel_fn``).
 
-Prints one JSON line per measurement: device, dtype, arch, input shape, n, seconds, kernel
-entries per second (n·n / seconds, symmetric K(X, X) with both NNGP and NTK), tiles, and peak
-memory (CUDA: max allocated; CPU: the process's peak resident set so far).
+Prints one JSON line per measurement: device, dtype, arch, input shape, n, wall seconds, kernel
+entries per second (n·n / seconds, symmetric K(X, X) with both NNGP and NTK), process CPU
+seconds, and peak memory (CUDA: max allocated; CPU: the process's peak resident set so far).
 
 Cases (random normal inputs; the kernels do not depend on the widths in ``ntk`` param):
 
@@ -60,11 +60,12 @@ def measure(case: str, n: int, device: torch.device, dtype: str, budget: int) ->
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     k = kernel_fn(spec, x, dtype=getattr(torch, dtype), device=device, memory_budget_bytes=budget)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
+    cpu_seconds = time.process_time() - cpu_start
     assert torch.isfinite(k["ntk"]).all() and torch.isfinite(k["nngp"]).all()
     return {
         "bench": "infinite_ntk",
@@ -77,6 +78,7 @@ def measure(case: str, n: int, device: torch.device, dtype: str, budget: int) ->
         "get": ["nngp", "ntk"],
         "seconds": round(seconds, 3),
         "entries_per_s": round(n * n / seconds, 1),
+        "cpu_seconds": round(cpu_seconds, 3),  # process CPU time: robust to a shared machine
         "peak_memory_bytes": peak_memory(device),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,

@@ -35,7 +35,7 @@ def cifar_subset() -> Path:
         / "cifar10-subset"
     )
     if not (root / "cifar-10-batches-py" / "test_batch").is_file():
-        pytest.skip(f"shared CIFAR-10 subset not found at {root}")
+        pytest.fail(f"shared CIFAR-10 subset not found at {root}")
     return root
 
 

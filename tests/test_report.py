@@ -269,3 +269,23 @@ def test_report_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     with pytest.raises(NtkLabError):
         args = p.parse_args(["report", str(tmp_path / "missing")])
         args.func(args)
+
+
+def test_evolution_regression_verdict_three_ways() -> None:
+    def verdict(kt: float, nn: float) -> str:
+        ev = {**EVOLUTION["evolution"], "kt_regression_test_loss_final": kt, "nn_test_loss_final": nn}
+        return verdicts({**EVOLUTION, "evolution": ev})[-1].text
+
+    assert "falls short" in verdict(0.8, 0.5)
+    assert "captures what the network learned" in verdict(0.51, 0.5)
+    assert "generalizes better than the network" in verdict(0.4, 0.5)
+
+
+def test_figures_shown_at_half_their_pixel_width(tmp_path: Path) -> None:
+    from ntklab.report.html import png_width
+
+    run = fake_run(tmp_path / "run", DATA_SCALING)
+    width = png_width((run / "scaling.png").read_bytes())
+    assert width == 100  # 2 inches at 50 dpi
+    assert f'width="{width // 2}"' in render_html(collect(run))
+    assert png_width(b"not a png") is None

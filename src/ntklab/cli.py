@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ntklab.cli_explain import add_subcommands
 from ntklab.errors import NtkLabError
 
 
@@ -142,7 +143,7 @@ def parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=None,
         metavar="N",
-        help="units at a time: local worker processes (default 1, in-process), "
+        help="units at a time: local worker processes (default one per core, at most 8; 1 = in-process), "
         "or CPUs of the local Ray instance (default all cores)",
     )
     run.add_argument(
@@ -173,6 +174,7 @@ def parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="done / missing units of a run directory")
     st.add_argument("run_dir")
     st.set_defaults(func=cmd_status)
+    add_subcommands(sub)
     return p
 
 

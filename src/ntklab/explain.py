@@ -4,18 +4,27 @@ Given a model (a factory returning a fresh ``nn.Module``, or an architecture fro
 and data (an ``.npz``, a registered dataset, or a dict of arrays), :func:`explain`
 
 1. loads the data and checks the model on it (one-sentence errors, before any work);
-2. **probes** the costs on this machine: a few timed training steps, the eNTK of a small
-   batch, one kernel regression, one power-law fit and one figure;
-3. **plans** the largest experiments that fit the budget (default 10 minutes): the n grid,
-   seeds, training steps, validation/test points, the after-kernel's n₀ and the checkpoints
-   of the kernel-evolution run, from the cost model of :class:`CostModel` (training ∝ steps,
-   eNTK ∝ Jacobians + n² pairs, regression ∝ n³, plus data loading, fits and figures);
+2. **probes** this machine with the units' thread count (:func:`run_probe`): a learning-rate
+   range test of a few training steps (unless ``train.lr`` is given), the time of a training
+   step alone and with one per worker side by side (the parallel speed-up available now), the
+   eNTK of a small batch (features per sample, contraction per entry, from the engine's own
+   timings), one kernel regression, one power-law fit, one figure and the data loading;
+3. **plans** the largest experiments that fit ``SAFETY`` of the budget (default 10 minutes):
+   the n grid, seeds, training steps, validation/test points, the after-kernel's n₀ and the
+   evolution run's size and checkpoints (:func:`choose_plan`). Every unit of every candidate
+   plan is costed by :class:`CostModel` (training ∝ steps, eNTK ∝ features + entries with the
+   engine's tiling, regression ∝ n³) and the units are list-scheduled on the workers; units
+   shared between experiments or already stored cost nothing; analysis, figures and data
+   loading are added;
 4. **runs** ``data-scaling`` (network vs eNTK at init, and the infinite NTK for spec models),
    ``pretrained-kernel`` (the after-kernel at one n₀) and ``kernel-evolution`` (kernel
    distance and velocity during training), each with :func:`~ntklab.run.runner.run_experiment`
-   into a sub-folder of the output folder, under one progress bar. It measures its own elapsed
-   time: after each experiment the cost model is recalibrated and the rest of the plan shrunk
-   (or dropped) when running late; a unit that would end past the budget is not started;
+   into a sub-folder of the output folder, on a pool of single-threaded worker processes
+   (:class:`PlanExecutor`) under one progress bar. It measures its own elapsed time: measured
+   unit times recalibrate the cost model, a later repetition (seed) of an experiment starts
+   only if all of it fits the experiment's share of the time, no unit starts that would end
+   past the budget, and before each experiment the rest of the plan is shrunk or dropped when
+   running late;
 5. writes ``report.html`` (self-contained) and ``report.md`` with the exponent tables and a
    plain-language verdict per finding (:mod:`ntklab.report`).
 
@@ -65,6 +74,7 @@ LATE_SAFETY = 0.85  # when re-planning after an experiment, with the calibrated 
 HEAD_SHARE = 0.55  # data scaling may take at most this share of the planned time
 CONTENTION_STEPS = 4  # training steps timed alone and side by side (one per worker)
 MIN_SPEEDUP = 1.25  # below this parallel speed-up (probe), units run in process
+CALIBRATION_EVIDENCE = 0.1  # recalibrate once this fraction of the planned work was measured
 WORKER_START_S = 8.0  # spawning the worker processes and importing torch there
 FULL_TAILS = 8  # the first tails of tail_levels keep both after-kernel and evolution
 REPORT_RESERVE_S = 3.0  # writing report.html / report.md
@@ -146,6 +156,7 @@ class Inputs:
 
 
 def _dotted(raw: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys of a nested mapping's leaves."""
     out = []
     for k, v in raw.items():
         key = f"{prefix}{k}"
@@ -154,6 +165,7 @@ def _dotted(raw: Mapping[str, Any], prefix: str = "") -> list[str]:
 
 
 def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``top`` merged in, recursively (copies)."""
     out = copy.deepcopy(base)
     for k, v in top.items():
         if isinstance(v, Mapping) and isinstance(out.get(k), dict):
@@ -177,13 +189,16 @@ def _factory_params(fn: Callable[..., Any]) -> list[str]:
 
 
 def callable_source(fn: Callable[..., Any]) -> str | None:
-    """``"/abs/file.py:name"`` when ``fn`` is defined at the top level of a Python file that
-    :func:`~ntklab.arch.factory.load_factory` can load again; else None."""
+    """``"/abs/file.py:name"`` when ``fn`` is defined at the top level of an imported Python
+    module that :func:`~ntklab.arch.factory.load_factory` can load again; else None (lambdas,
+    closures, partials, and functions of the running script or notebook, ``__main__``)."""
     from ntklab.arch.factory import load_factory
 
     name, qual = getattr(fn, "__name__", None), getattr(fn, "__qualname__", None)
     if not name or name != qual or name == "<lambda>":
         return None
+    if getattr(fn, "__module__", None) == "__main__":
+        return None  # loading the user's script again would run it again: pickle it instead
     try:
         src = inspect.getsourcefile(fn)
     except TypeError:
@@ -457,6 +472,7 @@ class Probe:
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """(result, seconds) of ``fn()``."""
     t0 = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - t0
@@ -781,11 +797,13 @@ class CostModel:
 
     # ---- pieces (seconds on one worker)
     def train(self, n: int, steps: int, n_test: int, evals: int = 1) -> float:
+        """Seconds of training n samples for ``steps`` steps, with ``evals`` evaluations."""
         p = self.p
         frac = max(min(p.batch, n) / max(p.batch, 1), 0.25)
         return self.factor * (p.init_s + steps * p.step_s * frac + p.fwd_s * (n + n_test) * evals)
 
     def entk(self, n: int, n_eval: int) -> float:
+        """Seconds of the eNTK blocks on n training and ``n_eval`` evaluation points."""
         p = self.p
         panel = max(1, int(0.5 * self.budget_bytes // max(p.feature_bytes, 1)))
         samples = n + sum(max(0, n - (i + 1) * panel) for i in range(math.ceil(n / panel)))
@@ -799,9 +817,11 @@ class CostModel:
         )
 
     def infinite(self, n: int, n_eval: int) -> float:
+        """Seconds of the infinite NTK and NNGP blocks."""
         return self.factor * self.p.infinite_pair_s * (n * (n + 1) / 2 + n_eval * n)
 
     def regress(self, n: int) -> float:
+        """Seconds of one kernel regression (the ridge grid) at n."""
         return self.factor * self.p.regress_s * max(1.0, (n / REGRESS_PROBE_N) ** 3)
 
     # ---- units
@@ -840,6 +860,7 @@ class CostModel:
 
     # ---- analysis (regressions, fits, figures) of one experiment, in the driver
     def analysis(self, cfg: AnyConfig) -> float:
+        """Seconds of ``cfg``'s analysis in the driver: regressions, fits, figures."""
         p, grid = self.p, cfg.data.n_grid()
         figs = FIGURES_PER_EXPERIMENT.get(cfg.experiment, 2) * p.figure_s
         if cfg.experiment == "kernel-evolution":
@@ -961,6 +982,7 @@ _MISSING = object()
 
 
 def _get(raw: Mapping[str, Any], dotted: str) -> Any:
+    """The value at dotted key ``dotted`` of ``raw``, or ``_MISSING``."""
     node: Any = raw
     for part in dotted.split("."):
         if not isinstance(node, Mapping) or part not in node:
@@ -1074,7 +1096,11 @@ def make_configs(inputs: Inputs, head: Head, tail: Tail) -> dict[str, AnyConfig]
     base["data"].update(n_min=head.n_min, n_max=head.n_max, grid_factor=head.factor)
     if _get(inputs.base, "train.epochs") is not _MISSING:
         base["train"].pop("steps", None)
-    configs: dict[str, AnyConfig] = {"data-scaling": validate({**base, "experiment": "data-scaling"})}
+    ds = validate({**base, "experiment": "data-scaling"})
+    configs: dict[str, AnyConfig] = {"data-scaling": ds}
+    # the other experiments share every section of data scaling exactly (experiments may have
+    # other section defaults), so they train the same networks and reuse its units
+    base = {k: v for k, v in ds.model_dump(mode="json").items() if k != "experiment"}
     if tail.pretrained:
         raw = _deep_merge(
             {**base, "pretrained": {"n0": [tail.n0], "grow": tail.grow}},
@@ -1121,11 +1147,13 @@ class Estimator:
         self._stored: dict[str, bool] = {}
 
     def stored(self, key: str) -> bool:
+        """Whether the store holds unit ``key`` (memoized)."""
         if key not in self._stored:
             self._stored[key] = bool(self.store.has(key))
         return self._stored[key]
 
     def __call__(self, configs: Mapping[str, AnyConfig], earlier: set[str] | None = None) -> dict[str, float]:
+        """Estimated wall seconds of each experiment of ``configs``, run in order after ``earlier`` keys."""
         seen = set(earlier or ())
         out = {}
         for name, cfg in configs.items():
@@ -1194,27 +1222,35 @@ class Clock:
     budget_s: float
 
     def elapsed(self) -> float:
+        """Seconds since the start."""
         return time.perf_counter() - self.start
 
     def left(self) -> float:
+        """Seconds of budget left (negative when over)."""
         return self.budget_s - self.elapsed()
 
 
 @dataclass
 class Calibration:
-    """Measured vs estimated seconds of the work done so far; ``factor`` scales later estimates."""
+    """Measured vs estimated seconds of the work done so far; ``factor`` scales later estimates.
+
+    ``min_seconds``: how much measured work the factor needs (the first units of a process
+    also pay one-off costs, imports and warm-up, so a little work says little).
+    """
 
     estimated: float = 0.0
     actual: float = 0.0
+    min_seconds: float = 3.0
 
     def add(self, estimated: float, actual: float) -> None:
+        """Record one piece of work: its uncalibrated estimate and its measured seconds."""
         self.estimated += estimated
         self.actual += actual
 
     @property
     def factor(self) -> float:
-        """actual / estimated once 3 s of work were measured, in [1, 10] (plans only shrink)."""
-        if self.actual < 3.0 or self.estimated <= 0:
+        """actual / estimated once ``min_seconds`` of work were measured, in [1, 10] (plans only shrink)."""
+        if self.actual < self.min_seconds or self.estimated <= 0:
             return 1.0
         return max(1.0, min(self.actual / self.estimated, 10.0))
 
@@ -1232,7 +1268,9 @@ class PlanExecutor:
       the workers with the calibrated estimates, end before ``deadline`` (the experiment's
       share of the budget); otherwise it is skipped whole;
     * any unit whose calibrated estimate would end after ``hard_deadline`` (the end of the
-      budget, less the analysis and report) is skipped, with every unit not started yet.
+      budget, less the analysis and report) is skipped, with every unit not started yet; for
+      the first repetition the limit is ``first_deadline`` (the end of the budget less the
+      report: an analysis of nothing is worth nothing, and its estimate is the noisiest).
 
     Skipped units stay missing in the store (not failed), so running explain again computes
     them. Updates the shared progress ``bar`` and the ``calibration`` (uncalibrated estimate
@@ -1251,9 +1289,11 @@ class PlanExecutor:
         pool: Any = None,
         workers: int = 1,
         hard_deadline: float | None = None,
+        first_deadline: float | None = None,
     ) -> None:
         self.cfg, self.costs, self.deadline = cfg, costs.scaled(1.0), deadline
         self.hard_deadline = deadline if hard_deadline is None else max(hard_deadline, deadline)
+        self.first_deadline = self.hard_deadline if first_deadline is None else first_deadline
         self.calibration, self.bar, self.pool = calibration, bar, pool
         self.workers = workers if pool is not None else 1
         self.skipped: list[str] = []
@@ -1263,6 +1303,7 @@ class PlanExecutor:
         """The pool belongs to :func:`explain`; nothing to release here."""
 
     def _group_fits(self, group: list[Unit], busy: int) -> bool:
+        """Whether the units of one repetition, scheduled on the free workers, end before the deadline."""
         items = [(u.key, self.costs.unit(self.cfg, u), tuple(getattr(u, "after", ()))) for u in group]
         slow = self.costs.p.contention if self.workers > 1 else 1.0
         wall = list_schedule(items, max(1, self.workers - busy)) * slow * self.calibration.factor
@@ -1331,7 +1372,8 @@ class PlanExecutor:
                             break
                         admitted.add(seed)
                     est = self.costs.unit(self.cfg, u)  # uncalibrated: calibration compares with it
-                    if time.perf_counter() + est * self.calibration.factor > self.hard_deadline:
+                    limit = self.first_deadline if seed == first else self.hard_deadline
+                    if time.perf_counter() + est * self.calibration.factor > limit:
                         skip(list(waiting))
                         break
                     waiting.remove(u)
@@ -1418,6 +1460,7 @@ def describe_config(cfg: AnyConfig) -> str:
 
 
 def _echo_plan(echo: Callable[[str], None], probe: Probe, plan: Plan, budget_s: float, workers: int) -> None:
+    """Print what the probe measured and what the planner chose."""
     echo(
         f"probe {probe.seconds:.1f} s ({probe.threads} thread(s) per unit, {workers} worker(s), "
         f"contention x{probe.contention:.2f}): "
@@ -1441,6 +1484,7 @@ def _cfg_json(cfg: AnyConfig) -> dict[str, Any]:
 
 
 def _load_state(out: Path, inputs: Inputs) -> dict[str, Any] | None:
+    """The saved state of an explain folder (None for a new one); refuses other inputs or a foreign folder."""
     meta = out / "explain.json"
     if meta.is_file():
         try:
@@ -1471,6 +1515,7 @@ def _count_units(configs: Mapping[str, AnyConfig], names: Sequence[str]) -> int:
 
 
 def _resumed_plan(state: dict[str, Any], estimator: Estimator) -> Plan:
+    """The plan saved in ``explain.json`` (resume: same configs, same unit keys)."""
     configs = {k: validate(v) for k, v in state["plan_configs"].items()}
     ds = configs["data-scaling"]
     head = Head(
@@ -1613,7 +1658,7 @@ def explain(
     _echo_plan(say, probe, plan, clock.budget_s, n_workers)
     _save_state(out_dir, state)
 
-    calibration = Calibration()
+    calibration = Calibration(min_seconds=max(3.0, CALIBRATION_EVIDENCE * plan.total))
     summaries: dict[str, dict[str, Any]] = {}
     pool = start_pool(n_workers)
     try:
@@ -1677,7 +1722,8 @@ def _run_one(
     costs.factor = calibration.factor  # estimates from here on use what was measured so far
     left = clock.left() - REPORT_RESERVE_S
     est = estimator({n: plan.configs[n] for n in remaining}, set(_done_keys(plan, name)))
-    if name != "data-scaling" and sum(est.values()) > LATE_SAFETY * left:
+    resumed = (out_dir / name / "run.json").is_file()  # ran before: keep its config (same unit keys)
+    if name != "data-scaling" and not resumed and sum(est.values()) > LATE_SAFETY * left:
         before = set(plan.configs)
         plan = shrink_plan(inputs, plan, estimator, LATE_SAFETY * left, remaining)
         say(
@@ -1709,7 +1755,7 @@ def _run_one(
     now, reserve = time.perf_counter(), analysis_s * calibration.factor
     deadline = now + time_slice - reserve
     hard = now + left - reserve  # the later experiments are shrunk or dropped if this runs late
-    executor = PlanExecutor(cfg, costs, deadline, calibration, bar, pool, workers, hard)
+    executor = PlanExecutor(cfg, costs, deadline, calibration, bar, pool, workers, hard, now + left)
     t0 = time.perf_counter()
     try:
         summary = run_experiment(cfg, out_dir / name, executor=executor, store=store, progress=False)

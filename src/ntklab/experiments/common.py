@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,7 +44,15 @@ def arch_reads(cfg: AnyConfig, width: int | None = None) -> dict[str, Any]:
     arch = cfg.arch.model_dump(mode="json")
     if width is not None:
         arch["width"] = width
+    if cfg.arch.factory is not None:  # a user's model file: its contents, not only its name
+        arch["factory_sha256"] = file_digest(cfg.arch.factory.rsplit(":", 1)[0])
     return arch
+
+
+def file_digest(path: str) -> str | None:
+    """SHA-256 of a file's bytes (None when it does not exist)."""
+    p = Path(path)
+    return hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
 
 
 def data_reads(cfg: AnyConfig) -> dict[str, Any]:
@@ -58,6 +68,8 @@ def data_reads(cfg: AnyConfig) -> dict[str, Any]:
     d = cfg.data.model_dump(mode="json")
     for k in ("n_min", "n_max", "grid_factor"):
         d.pop(k)
+    if cfg.data.name == "npz" and cfg.data.path:  # a user's file: its contents, not only its name
+        d["file_sha256"] = file_digest(cfg.data.path)
     pool = training_read(cfg.data, RunContext(cfg).n_max)
     if pool is not None:
         d["pool"] = pool

@@ -87,7 +87,7 @@ def train_network(
 
 def entk_at_init(ctx: Any, n: int, seed_index: int, width: int | None = None) -> dict[str, np.ndarray]:
     """The eNTK at initialization of repetition ``seed_index`` on the first n training points."""
-    model = init_model(ctx, seed_index, width)
+    model = init_model(ctx, seed_index, width).eval()  # BatchNorm uses its running statistics
     return kernel_blocks(ctx, entk_kernel_fn(ctx, model), n)
 
 

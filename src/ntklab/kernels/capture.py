@@ -651,8 +651,6 @@ def capture_into(
                     a = lp.adapter.inputs(calls[lp.name][0][0].detach())
                     if lp.name in gram_names:
                         a = gram_inputs(lp, a)
-                    elif lp.kind == "affine" and lp.weight and lp.adapter.w_scale != 1.0:
-                        a = a * lp.adapter.w_scale
                     acts.append(a)
             del calls
             ds: dict[str, list[torch.Tensor]] = {n: [] for n in gram_names}
@@ -688,8 +686,9 @@ def _write_jacobian(
     (w, bias) = block
     b = d.shape[0]
     if w is not None:
-        if lp.kind == "affine":
-            torch.bmm(d.transpose(1, 2), a, out=Jc[:, w[0] : w[1]].view(b, lp.O, lp.K))
+        if lp.kind == "affine":  # w_s Σ_t δ[t] ⊗ a[t], the scale applied inside the GEMM
+            dst = Jc[:, w[0] : w[1]].view(b, lp.O, lp.K)
+            torch.baddbmm(dst, d.transpose(1, 2), a, beta=0.0, alpha=lp.adapter.w_scale, out=dst)
         else:
             Jc[:, w[0] : w[1]] = (d * a).sum(1)
     if bias is not None:

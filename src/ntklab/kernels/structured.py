@@ -40,8 +40,10 @@ def gram_flops_per_pair(lp: LayerPlan, mode: str, n_cot: int, n_outputs: int) ->
     t2 = lp.T * lp.T
     k = _k_eff(lp)
     if mode == "full":
-        return t2 * (2.0 * (n_outputs**2 * lp.O + k) + ELEMENTWISE_FLOPS * (n_outputs**2 + 1))
-    return t2 * (2.0 * (n_cot * lp.O + k) + ELEMENTWISE_FLOPS * (1 if lp.T == 1 else 3))
+        return t2 * (2.0 * (n_outputs**2 * lp.O + k) + ELEMENTWISE_FLOPS * (2 * n_outputs**2 + 4))
+    # T = 1: one pass (product into the float64 sum); T > 1: two Gram outputs written and read
+    # back, product, two reductions — about six passes over the T² entries
+    return t2 * (2.0 * (n_cot * lp.O + k) + ELEMENTWISE_FLOPS * (1 if lp.T == 1 else 6))
 
 
 def gram_matmul_flops_per_pair(lp: LayerPlan, mode: str, n_cot: int, n_outputs: int) -> float:

@@ -14,11 +14,11 @@ Implementations (all exact, all accumulated in float64):
 Tiling. Features (per-sample Jacobians and Gram factors) of a row panel of R samples are held
 while column chunks of S samples stream past (R ≈ 2S: the panel is built once, each chunk
 once per panel); when every feature fits, R = n1 and S = n2 and nothing is rebuilt. Blocks
-are computed as float64 sub-tiles of at most u×u samples; with ``x2=None`` only sub-tiles on
-or above the diagonal are computed (u ≈ n/8, ≥ 512, so about 56 % of the pairs), diagonal
-ones symmetrized and the others mirrored. The budget is split ≈ 50 % panel + column
-features, 25 % capture workspace (forward activations, C' backward passes, unfolded
-patches), 10 % Gram temporaries, 10 % output sub-tiles.
+are computed as float64 sub-tiles of at most u×u samples; with ``x2=None`` only sub-tiles
+on or above the diagonal are computed (u ≈ n/8, at least 256: about 56 % of the pairs for
+n ≥ 2048), diagonal ones symmetrized and the others mirrored. The budget is split ≈ 50 %
+panel + column features, 25 % capture workspace (forward activations, C' backward passes,
+unfolded patches), 10 % Gram temporaries, 10 % output sub-tiles.
 """
 
 from __future__ import annotations
@@ -152,7 +152,8 @@ def choose_route(
 
     def built(gram: list[LayerPlan]) -> float:
         m = max(2, int(0.5 * budget) // max(1, feat_bytes(gram)))
-        if n1 + (0 if sym else n2) <= m:
+        resident = int(0.65 * budget) // max(1, feat_bytes(gram)) if sym else m
+        if n1 + (0 if sym else n2) <= resident:
             return float(n1 + (0 if sym else n2))
         r = max(1, 2 * m // 3)
         return n1 + (n1 * n1 / (2 * r) if sym else n1 / r * n2)
@@ -161,8 +162,8 @@ def choose_route(
         names = {lp.name for lp in gram}
         s = built(gram)
         f = pairs * 2.0 * cc * fb_p + s * capture
-        if fb_p or len(names) < len(plan.layers):  # one pass adding the Jacobian GEMM
-            f += pairs * ELEMENTWISE_FLOPS * (C * C if mode == "full" else 1)
+        if fb_p or len(names) < len(plan.layers):  # the Jacobian GEMM's own pass and buffers
+            f += pairs * 2 * ELEMENTWISE_FLOPS * (C * C if mode == "full" else 1)
         for lp in plan.layers:
             if lp.name in names:
                 f += pairs * gram_pair[lp.name]
@@ -388,14 +389,14 @@ def _run_features(
         R = S = u = int(tile)
     else:
         M = max(2, int(0.5 * budget) // keep)
-        if n1 + (0 if sym else n2) <= M:  # every feature fits: computed once
-            R, S = n1, n2
+        if n1 + (0 if sym else n2) <= (int(0.65 * budget) // keep if sym else M):
+            R, S = n1, n2  # every feature fits (symmetric: one panel, no column buffer)
         else:
             R = max(1, min(n1, 2 * M // 3))
             S = max(1, min(n2, M - R))
         # sub-tiles: large enough for efficient GEMMs, small enough that the symmetric case
         # skips most blocks below the diagonal
-        u = min(u_cap, max(512, -(-n1 // 8)) if sym else 2048)
+        u = min(u_cap, max(256, -(-n1 // 8)) if sym else 2048)
     m = max(1, min(R, int(0.25 * budget) // max(1, work)))  # capture sub-batch
     gram_elems = max(1, int(0.1 * budget) // (2 * itemsize))
     st.panel, st.chunk = R, S

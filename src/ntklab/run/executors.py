@@ -451,6 +451,11 @@ def _stop_pool(pool: ProcessPoolExecutor) -> None:
         p.join(timeout=5)
 
 
+def default_workers() -> int:
+    """One single-threaded worker per core (at most 8): small units run best side by side."""
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
 def make_executor(
     name: str,
     address: str | None = None,
@@ -458,7 +463,7 @@ def make_executor(
     threads: int | None = None,
     gpus: float | None = None,
 ) -> Any:
-    """``local`` (``workers`` processes, default 1) or ``ray`` (optional extra).
+    """``local`` (``workers`` processes, default one per core up to 8) or ``ray`` (optional extra).
 
     For ``ray``, ``workers`` is the number of CPUs of the local Ray instance started when no
     ``address`` is given (default: all cores); with an address the cluster decides.
@@ -471,7 +476,7 @@ def make_executor(
                 "--address and --gpus are for --executor ray; the local executor takes --workers "
                 "and uses config key device."
             )
-        return LocalExecutor(workers or 1, threads)
+        return LocalExecutor(workers or default_workers(), threads)
     if name == "ray":
         from ntklab.run.ray_executor import RayExecutor
 

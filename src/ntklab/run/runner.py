@@ -16,11 +16,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ntklab import experiments
+from ntklab.arch.factory import check_output
 from ntklab.config import AnyConfig, to_toml
 from ntklab.data.embedded import cache_dir
 from ntklab.errors import RunDirError
-from ntklab.experiments.common import build_spec
+from ntklab.experiments.common import build_spec, init_model
 from ntklab.experiments.tidy import COLUMNS
 from ntklab.run.context import RunContext
 from ntklab.run.executors import LocalExecutor, Outcome, with_threads
@@ -59,15 +62,10 @@ def prepare_run_dir(cfg: AnyConfig, out: Path, store: Store) -> None:
 def check_inputs(cfg: AnyConfig, ctx: RunContext) -> None:
     """Fail before any work on data or architecture problems (one-sentence errors)."""
     s = ctx.splits
-    spec = build_spec(cfg.arch, s.num_outputs)
-    out = spec.out_shape(s.input_shape)
-    if out != (s.num_outputs,):
-        from ntklab.errors import ArchError
-
-        raise ArchError(
-            f"the architecture maps inputs {s.input_shape} to {out}, but the task needs ({s.num_outputs},)."
-        )
-    _ = ctx.device
+    if cfg.arch.factory is None:
+        build_spec(cfg.arch, s.num_outputs).shapes(s.input_shape)  # shape errors name the layer
+    what = f"the model of {cfg.arch.factory}" if cfg.arch.factory else "the architecture"
+    check_output(init_model(ctx, 0).cpu(), torch.as_tensor(s.x_train[:2]), s.num_outputs, what)
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:

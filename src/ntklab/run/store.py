@@ -170,6 +170,7 @@ def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temporary file, fsync, rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; results and reports are ordinary files
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
