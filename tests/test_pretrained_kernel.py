@@ -113,8 +113,9 @@ def test_pretrain_length_and_config() -> None:
     cfg = load_config(None, ["experiment=pretrained-kernel"])
     assert cfg.pretrained.n0 == [1024] and cfg.pretrained.grow
     assert cfg.pretrain_steps(1024) == cfg.train.total_steps(1024) == cfg.train.steps
-    cfg = load_config(None, ["experiment=pretrained-kernel", "pretrained.epochs=2"])
-    assert cfg.pretrain_steps(1024) == 16 and cfg.pretrain_steps(64) == 2
+    # epochs: ceil(epochs * n0 / min(batch, n0)) steps
+    cfg = load_config(None, ["experiment=pretrained-kernel", "pretrained.epochs=2", "train.batch_size=128"])
+    assert cfg.pretrain_steps(1024) == 16 and cfg.pretrain_steps(64) == 2 and cfg.pretrain_steps(100) == 2
     cfg = load_config(None, ["experiment=pretrained-kernel", "pretrained.steps=0"])
     assert cfg.pretrain_steps(512) == 0
     with pytest.raises(ConfigError, match="at most one of pretrained.epochs and pretrained.steps"):

@@ -212,7 +212,7 @@ def test_transient_failure_is_fixed_by_retry_failed(
         return real(ctx, n, seed_index, **kw)
 
     monkeypatch.setattr(unit_functions, "train_network", flaky)
-    assert main(["run", "--out", str(out), *SWEEP]) == 1
+    assert main(["run", "--out", str(out), *SWEEP, "--workers", "1"]) == 1  # in-process: sees the patch
     monkeypatch.setattr(unit_functions, "train_network", real)
     assert main(["status", str(out)]) == 0
     kept = stored(cache)

@@ -100,7 +100,7 @@ def test_tiny_width_scaling_run(tmp_path: Path) -> None:
 
 def test_defaults_and_section_merge() -> None:
     cfg = load_config(None, ["experiment=width-scaling"])
-    assert cfg.widths == [16, 32, 64, 128] and cfg.probe_widths == [256, 512]
+    assert cfg.widths == [16, 32, 64, 128] and cfg.probe_widths == [256, 512, 1024]
     assert cfg.methods == ["nn", "entk", "ntk"] and cfg.seeds == 2
     assert (cfg.data.n_max, cfg.data.n_test, cfg.train.steps, cfg.train.batch_size) == (1024, 500, 1500, 32)
     # naming one key of a section keeps the experiment's other section defaults

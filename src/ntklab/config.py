@@ -191,18 +191,18 @@ def _experiment_section_defaults(cls: type[BaseExperiment], data: Any) -> Any:
 class WidthScalingConfig(BaseExperiment):
     """Data scaling at several widths, and eNTK-to-NTK distance vs width.
 
-    Defaults are sized for under 10 minutes of one CPU core (units run single-threaded):
-    ``widths`` (network, eNTK and regression across the n grid 64..1024) stop at 128, and the
-    wider ``probe_widths`` add only the eNTK→NTK distance on the probe set (no training, no
-    regression); 500 test points; 1500 SGD steps at batch 32 (as far per step as batch 128 in
-    the kernel regime, at a quarter of the cost). The paper-scale sweep is ``widths = [16, 32,
-    64, 128, 256, 512]`` with the base data defaults (hours on CPU: a width-512 eNTK on 4096 +
-    1256 points alone is ~10^14 flops).
+    Defaults are sized for about 10 minutes on 2 CPU cores (~9 CPU-minutes of single-threaded
+    units): ``widths`` (network, eNTK and regression across the n grid 64..1024) stop at 128,
+    and the wider ``probe_widths`` add only the eNTK→NTK distance on the probe set (no
+    training, no regression); 500 test points; 1500 SGD steps at batch 32 (about as far per
+    step as batch 128 near the kernel regime, at a third of the cost). The paper-scale sweep is
+    ``widths = [16, 32, 64, 128, 256, 512]`` with the base data defaults (hours on CPU: a
+    width-512 eNTK on 4096 + 1256 points alone is ~10^14 flops).
     """
 
     experiment: Literal["width-scaling"] = "width-scaling"
     widths: list[PositiveInt] = [16, 32, 64, 128]  # full data scaling (nn, entk) at each width
-    probe_widths: list[PositiveInt] = [256, 512]  # extra widths: eNTK→NTK distance only
+    probe_widths: list[PositiveInt] = [256, 512, 1024]  # extra widths: eNTK→NTK distance only
     probe_size: PositiveInt = 256  # the first probe_size training points: eNTK→NTK distance
     methods: list[Literal["nn", "entk", "ntk", "nngp"]] = ["nn", "entk", "ntk"]
     seeds: Annotated[int, Field(ge=1, le=1000)] = 2
@@ -263,8 +263,9 @@ class PretrainedConfig(Section):
 class PretrainedKernelConfig(BaseExperiment):
     """Kernel regression with the eNTK after training on n0 samples.
 
-    Defaults are sized for under 10 minutes of one CPU core (units run single-threaded): n grid
-    64..2048, 2 seeds, 500 test points, 1500 SGD steps at batch 32, width 32.
+    Defaults are sized for about 10 minutes on 2 CPU cores (~9 CPU-minutes of single-threaded
+    units, the largest the infinite NTK on 2048 + 628 points): n grid 64..2048, 2 seeds, 500
+    test points, 1500 SGD steps at batch 32, width 32.
     """
 
     experiment: Literal["pretrained-kernel"] = "pretrained-kernel"

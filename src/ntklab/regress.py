@@ -9,7 +9,7 @@ Two exact solvers serve a grid of ridges λ:
   smallest jitter that makes the solve well-posed, ``max(0, n·ε·max(s) − min(s))``.
 * ``cholesky``: one factorization per λ (n³/3 flops each), cheaper for short ridge grids.
   Ridgeless tries λ' = 0 and, if K is not positive definite in floating point, the smallest
-  jitter of the ladder n·ε·(tr K / n)·10^k, k = 0, 1, ..., that factorizes.
+  jitter of the ladder n·ε·(tr K / n)·100^k, k = 0, 1, ..., that factorizes.
 
 ``auto`` picks the cheaper one for the number of ridges. The jitter used is ``jitter_``.
 """
@@ -84,7 +84,7 @@ class KernelRegressor:
         shifts = [ridge * self.scale_]
         if ridge == 0:
             base = n * np.finfo(np.float64).eps * max(self.scale_, 1e-300)
-            shifts += [base * 10.0**k for k in range(0, 17)]
+            shifts += [base * 100.0**k for k in range(0, 9)]
         for shift in shifts:
             a = self.k_.copy()
             a[np.diag_indices(n)] += shift
