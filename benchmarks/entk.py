@@ -53,7 +53,10 @@ WORKLOADS: list[dict[str, Any]] = [
     {"name": "cnn1d-3-128", "spec": lambda: cnn1d(3, 128), "shape": (1, 40), "n": (1024, 4096)},
     {"name": "myrtle5-64", "spec": lambda: myrtle(5, 64), "shape": (3, 32, 32), "n": (256,)},
 ]
-MEMORY_CASE = {"width": 16, "n": 3000, "budget": 256 * 2**20}
+MEMORY_CASES = [  # (spec expression, input shape, n, budget): a large CPU case, a kernel >> budget
+    ("myrtle(5, 16)", (3, 32, 32), 3000, 256 * 2**20),
+    ("mlp(2, 512, out=1)", (40,), 8000, 64 * 2**20),
+]
 SEED = 0
 
 
@@ -303,17 +306,17 @@ def bench_nngeometry(
 MEMORY_SCRIPT = """
 import json, sys, time, tracemalloc
 import torch
-from ntklab.arch import myrtle
+from ntklab.arch import mlp, myrtle
 from ntklab.kernels import empirical_ntk
 
 def status():
     f = dict(line.split(':', 1) for line in open('/proc/self/status'))
     return {k: int(f[k].split()[0]) * 1024 for k in ('VmRSS', 'VmHWM')}
 
-width, n, budget, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-torch.set_num_threads(int(sys.argv[5]))
-model = myrtle(5, width).module((3, 32, 32))
-x = torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+spec, shape, n, budget, out = sys.argv[1], eval(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+torch.set_num_threads(int(sys.argv[6]))
+model = eval(spec).module(shape)
+x = torch.randn(n, *shape, generator=torch.Generator().manual_seed(0))
 empirical_ntk(model, x[:8], progress=False)  # warm up
 open('/proc/self/clear_refs', 'w').write('5')
 base = status()['VmRSS']
@@ -330,46 +333,48 @@ print(json.dumps({'seconds': sec, 'rss_peak_over_base': status()['VmHWM'] - base
 
 
 def bench_memory() -> None:
-    case = MEMORY_CASE
-    with tempfile.TemporaryDirectory() as tmp:
-        script = Path(tmp) / "mem.py"
-        script.write_text(MEMORY_SCRIPT)
-        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
-        res = subprocess.run(
-            [
-                sys.executable,
-                str(script),
-                str(case["width"]),
-                str(case["n"]),
-                str(case["budget"]),
+    """Peak memory of one process computing a kernel to a memmap, against the budget."""
+    for spec, shape, n, budget in MEMORY_CASES:
+        with tempfile.TemporaryDirectory() as tmp:
+            script = Path(tmp) / "mem.py"
+            script.write_text(MEMORY_SCRIPT)
+            env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+            args = [
+                spec,
+                repr(shape),
+                str(n),
+                str(budget),
                 str(Path(tmp) / "k.npy"),
                 str(torch.get_num_threads()),
-            ],
-            capture_output=True,
-            text=True,
-            env=env,
+            ]
+            res = subprocess.run(
+                [sys.executable, str(script), *args], capture_output=True, text=True, env=env
+            )
+            if res.returncode:
+                emit(kind="memory", workload=spec, error=res.stderr[-1000:])
+                continue
+            rep = json.loads(res.stdout.strip().splitlines()[-1])
+        emit(
+            kind="memory",
+            workload=spec,
+            input_shape=list(shape),
+            n=n,
+            budget_bytes=budget,
+            out="memmap",
+            rss_peak_over_base_bytes=rep["rss_peak_over_base"],
+            rss_peak_over_budget=round(rep["rss_peak_over_base"] / budget, 3),
+            tracemalloc_peak_bytes=rep["tracemalloc_peak"],
+            kernel_bytes=rep["kernel_bytes"],
+            kernel_over_budget=round(rep["kernel_bytes"] / budget, 2),
+            seconds=round(rep["seconds"], 2),
+            features_s=round(rep["features_s"], 2),
+            contract_s=round(rep["contract_s"], 2),
+            implementation=rep["implementation"],
+            panel=rep["panel"],
+            chunk=rep["chunk"],
+            note="RSS high-water mark above the RSS before the call (reset via /proc/self/clear_refs); "
+            "tracemalloc sees only Python/numpy allocations, not torch's",
         )
-        if res.returncode:
-            emit(kind="memory", error=res.stderr[-1000:])
-            return
-        rep = json.loads(res.stdout.strip().splitlines()[-1])
-    emit(
-        kind="memory",
-        workload=f"myrtle5-{case['width']}",
-        input_shape=[3, 32, 32],
-        n=case["n"],
-        budget_bytes=case["budget"],
-        out="memmap",
-        rss_peak_over_base_bytes=rep["rss_peak_over_base"],
-        rss_peak_over_budget=round(rep["rss_peak_over_base"] / case["budget"], 3),
-        tracemalloc_peak_bytes=rep["tracemalloc_peak"],
-        kernel_bytes=rep["kernel_bytes"],
-        seconds=round(rep["seconds"], 2),
-        implementation=rep["implementation"],
-        panel=rep["panel"],
-        chunk=rep["chunk"],
-        note="RSS high-water mark of the computing process above its RSS before the call (peak reset via /proc/self/clear_refs)",
-    )
 
 
 # ----------------------------------------------------------------------------- main
@@ -379,13 +384,17 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smallest n of each workload only")
     ap.add_argument("--only", default="", help="comma-separated workload name prefixes")
-    ap.add_argument("--memory", action="store_true", help="also run the memory measurement")
+    ap.add_argument("--memory", action="store_true", help="also run the memory measurements")
+    ap.add_argument("--memory-only", action="store_true", help="only the memory measurements")
     ap.add_argument("--no-baselines", action="store_true")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(SEED)
+    if args.memory_only:
+        bench_memory()
+        return
     peak = matmul_peak()
     emit(kind="peak", what="fp32 matmul 4096^3, best of 3", gflops_per_s=round(peak, 1), device="cpu")
     for w in WORKLOADS:

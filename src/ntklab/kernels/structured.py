@@ -68,6 +68,16 @@ def _chunks(n: int, size: int) -> list[tuple[int, int]]:
     return [(i, min(i + size, n)) for i in range(0, n, size)]
 
 
+def workspace(
+    ws: dict[str, torch.Tensor], name: str, numel: int, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """A flat buffer of ``numel`` elements from ``ws``, reallocated only when it grows."""
+    buf = ws.get(name)
+    if buf is None or buf.numel() < numel or buf.dtype != dtype or buf.device != device:
+        buf = ws[name] = torch.empty(numel, dtype=dtype, device=device)
+    return buf[:numel]
+
+
 def gram_accumulate(
     acc: torch.Tensor,
     lp: LayerPlan,
@@ -76,6 +86,7 @@ def gram_accumulate(
     mode: str,
     n_outputs: int,
     max_elems: int = 2**24,
+    ws: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Add Θ_l between two batches, from their factors, to the float64 ``acc`` (b1, b2) or
     (b1, b2, C, C).
@@ -83,7 +94,9 @@ def gram_accumulate(
     Products run in the factors' dtype; ``max_elems`` bounds each T·b1 × T·b2 Gram temporary
     (the batches are split to fit). The parameterization is folded into ``f.a``
     (:class:`~ntklab.kernels.capture.Factors`), so ``A Aᵀ = w_s² a·a′ + b_s²`` directly.
+    ``ws`` holds reusable buffers for the temporaries.
     """
+    ws = {} if ws is None else ws
     a1, d1, a2, d2 = f1.a, f1.d, f2.a, f2.d
     b1, t, c, o = d1.shape
     b2 = d2.shape[0]
@@ -98,8 +111,11 @@ def gram_accumulate(
         for s0, s1 in _chunks(b2, step):
             s = s1 - s0
             D2 = d2[s0:s1].reshape(s * t * c, o) if full else d2[s0:s1].reshape(s * t, c * o)
-            g = D1 @ D2.T  # Σ over output features (and over cotangents unless full)
-            gp = A1 @ a2[s0:s1].reshape(s * t, -1).T  # w_s² a·a' + b_s²
+            kw = {"dtype": D1.dtype, "device": D1.device}
+            g = workspace(ws, "g", D1.shape[0] * D2.shape[0], **kw).view(D1.shape[0], D2.shape[0])
+            torch.mm(D1, D2.T, out=g)  # Σ over output features (and over cotangents unless full)
+            gp = workspace(ws, "gp", r * t * s * t, **kw).view(r * t, s * t)
+            torch.mm(A1, a2[s0:s1].reshape(s * t, -1).T, out=gp)  # w_s² a·a' + b_s²
             dst = acc[r0:r1, s0:s1]
             if full:
                 g = g.view(r, t, c, s, t, c).mul_(gp.view(r, t, 1, s, t, 1))

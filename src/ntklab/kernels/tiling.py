@@ -59,12 +59,21 @@ from ntklab.kernels.structured import (
     gram_flops_per_pair,
     gram_matmul_flops_per_pair,
     jacobian_flops,
+    workspace,
 )
 from ntklab.progress import progress_bar
 
 log = logging.getLogger("ntklab.kernels.empirical")
 
 IMPLEMENTATIONS = ("auto", "jacobian", "structured", "ntvp")
+
+# Shares of the memory budget (the rest is headroom for the allocator and the input batch).
+FEATURES_SHARE = 0.4  # row panel + column chunk of features
+RESIDENT_SHARE = 0.55  # symmetric case: one panel holding every sample, no column buffer
+CAPTURE_SHARE = 0.2  # forward activations, C' backward passes, unfolded patches
+GRAM_SHARE = 0.08  # Gram-route temporaries
+OUTPUT_SHARE = 0.08  # float64 output sub-tile and its float32 products
+FLUSH_SHARE = 0.05  # memmap pages written before they are flushed and dropped
 
 
 @dataclass
@@ -151,8 +160,8 @@ def choose_route(
         return itemsize * n_cot * jac_p + sum(gram_bytes_per_sample(lp, n_cot, itemsize) for lp in gram)
 
     def built(gram: list[LayerPlan]) -> float:
-        m = max(2, int(0.5 * budget) // max(1, feat_bytes(gram)))
-        resident = int(0.65 * budget) // max(1, feat_bytes(gram)) if sym else m
+        m = max(2, int(FEATURES_SHARE * budget) // max(1, feat_bytes(gram)))
+        resident = int(RESIDENT_SHARE * budget) // max(1, feat_bytes(gram)) if sym else m
         if n1 + (0 if sym else n2) <= resident:
             return float(n1 + (0 if sym else n2))
         r = max(1, 2 * m // 3)
@@ -330,7 +339,7 @@ def compute_ntk(
         for line in layer_summary(plan):
             log.debug("eNTK layer %s", line)
         st.implementation = route.implementation
-        result = _Output(shape, out, plan.device, budget // 10)
+        result = _Output(shape, out, plan.device, int(FLUSH_SHARE * budget))
         if route.implementation == "ntvp":
             _run_ntvp(plan, x1, x2, sym, mode, output_index, budget, tile, progress, result, st)
         else:
@@ -384,12 +393,12 @@ def _run_features(
         + 3 * n_cot * plan.fallback_params
     )
     cc = C * C if mode == "full" else 1
-    u_cap = max(1, int(math.isqrt(max(1, int(0.1 * budget) // ((8 + itemsize) * cc)))))
+    u_cap = max(1, int(math.isqrt(max(1, int(OUTPUT_SHARE * budget) // ((8 + itemsize) * cc)))))
     if tile:
         R = S = u = int(tile)
     else:
-        M = max(2, int(0.5 * budget) // keep)
-        if n1 + (0 if sym else n2) <= (int(0.65 * budget) // keep if sym else M):
+        M = max(2, int(FEATURES_SHARE * budget) // keep)
+        if n1 + (0 if sym else n2) <= (int(RESIDENT_SHARE * budget) // keep if sym else M):
             R, S = n1, n2  # every feature fits (symmetric: one panel, no column buffer)
         else:
             R = max(1, min(n1, 2 * M // 3))
@@ -397,8 +406,8 @@ def _run_features(
         # sub-tiles: large enough for efficient GEMMs, small enough that the symmetric case
         # skips most blocks below the diagonal
         u = min(u_cap, max(256, -(-n1 // 8)) if sym else 2048)
-    m = max(1, min(R, int(0.25 * budget) // max(1, work)))  # capture sub-batch
-    gram_elems = max(1, int(0.1 * budget) // (2 * itemsize))
+    m = max(1, min(R, int(CAPTURE_SHARE * budget) // max(1, work)))  # capture sub-batch
+    gram_elems = max(1, int(GRAM_SHARE * budget) // (2 * itemsize))
     st.panel, st.chunk = R, S
     log.debug(
         "eNTK tiles: panel %d, column chunk %d, output sub-tile %d, capture batch %d; %.3f MiB features/sample",
@@ -411,37 +420,46 @@ def _run_features(
     kw = {"dtype": plan.dtype, "device": plan.device}
     j_panel = torch.empty(R, n_cot, layout.size, **kw) if layout.size else None
     j_chunk = None
+    f_panel: dict[str, Factors] = {}
+    f_chunk: dict[str, Factors] = {}
     if mode == "full":
         jac_pair = 2.0 * C * C * layout.size
     else:
         jac_pair = 2.0 * n_cot * layout.size
     gram_pair = sum(gram_matmul_flops_per_pair(lp, mode, n_cot, C) for lp in gram)
 
-    def features(x: torch.Tensor, buf: torch.Tensor | None) -> Features:
+    def features(x: torch.Tensor, buf: torch.Tensor | None, fbuf: dict[str, Factors], cap: int) -> Features:
+        """Features of x, captured in sub-batches of m written into reused buffers (``buf``
+        for the Jacobian, ``fbuf`` for Gram factors, ``cap`` samples each)."""
         t0 = time.perf_counter()
-        parts: list[dict[str, Factors]] = []
+        factors: dict[str, Factors] = {}
         for i0, i1 in _chunks(0, len(x), m):
-            parts.append(capture_into(plan, x[i0:i1], V, gram, None if buf is None else buf[i0:i1], layout))
-        if len(parts) == 1:
-            factors = parts[0]
-        else:
-            factors = {
-                k: Factors(torch.cat([p[k].a for p in parts]), torch.cat([p[k].d for p in parts]))
-                for k in parts[0]
-            }
+            part = capture_into(plan, x[i0:i1], V, gram, None if buf is None else buf[i0:i1], layout)
+            if i1 - i0 == len(x):
+                factors = part
+                break
+            for k, f in part.items():
+                if k not in fbuf or fbuf[k].a.shape[1:] != f.a.shape[1:]:
+                    fbuf[k] = Factors(f.a.new_empty(cap, *f.a.shape[1:]), f.d.new_empty(cap, *f.d.shape[1:]))
+                fbuf[k].a[i0:i1] = f.a
+                fbuf[k].d[i0:i1] = f.d
+            del part
+        if not factors:
+            factors = {k: Factors(f.a[: len(x)], f.d[: len(x)]) for k, f in fbuf.items()}
         _sync(plan.device)
         st.features_s += time.perf_counter() - t0
         return Features(None if buf is None else buf[: len(x)], factors)
 
+    ws: dict[str, torch.Tensor] = {}  # reused buffers: output sub-tile, Gram temporaries
+
     def block(f1: Features, f2: Features, b1: int, b2: int) -> torch.Tensor:
         t0 = time.perf_counter()
-        acc = torch.zeros(
-            (b1, b2, C, C) if mode == "full" else (b1, b2), dtype=torch.float64, device=plan.device
-        )
+        shape = (b1, b2, C, C) if mode == "full" else (b1, b2)
+        acc = workspace(ws, "acc", math.prod(shape), torch.float64, plan.device).view(shape).zero_()
         if f1.jac is not None:
             contract_into(acc, f1.jac, f2.jac, mode, C)
         for lp in gram:
-            gram_accumulate(acc, lp, f1.factors[lp.name], f2.factors[lp.name], mode, C, gram_elems)
+            gram_accumulate(acc, lp, f1.factors[lp.name], f2.factors[lp.name], mode, C, gram_elems, ws)
         _sync(plan.device)
         st.contract_s += time.perf_counter() - t0
         st.contract_flops += b1 * b2 * (jac_pair + gram_pair)
@@ -456,7 +474,7 @@ def _run_features(
         n_tiles += len(rows) * len(cols) + (len(rows) * (len(rows) + 1) // 2 if sym else 0)
     with progress_bar(total=n_tiles, desc="eNTK", enabled=progress and n_tiles > 1) as bar:
         for p0, p1 in panels:
-            fp = features(x1[p0:p1], j_panel)
+            fp = features(x1[p0:p1], j_panel, f_panel, R)
             rows = _chunks(p0, p1, u)
             if sym:
                 for a, (i0, i1) in enumerate(rows):
@@ -469,7 +487,7 @@ def _run_features(
             for c0, c1 in _chunks(p1 if sym else 0, n2, S):
                 if layout.size and j_chunk is None:
                     j_chunk = torch.empty(min(S, n2), n_cot, layout.size, **kw)
-                fc = features(x2[c0:c1], j_chunk)
+                fc = features(x2[c0:c1], j_chunk, f_chunk, S)
                 for i0, i1 in rows:
                     for j0, j1 in _chunks(c0, c1, u):
                         blk = block(fp[i0 - p0 : i1 - p0], fc[j0 - c0 : j1 - c0], i1 - i0, j1 - j0)
@@ -502,7 +520,7 @@ def _run_ntvp(
         if tile
         else max(1, min(max(len(x1), len(x2)), 256, int(math.isqrt(max(1, int(0.25 * budget) // per)))))
     )
-    chunk = ntvp_chunk(plan, S, int(0.5 * budget))
+    chunk = ntvp_chunk(plan, S, int(FEATURES_SHARE * budget))
     st.panel = st.chunk = S
     rows = _chunks(0, len(x1), S)
     cols = _chunks(0, len(x2), S)
