@@ -26,6 +26,9 @@ import torch
 
 from ntklab.kernels.capture import Factors, LayerPlan
 
+#: Rows of one Gram-route GEMM output chunk (samples × positions).
+GRAM_ROWS = 2048
+
 #: Cost of one pass over a Gram product entry, in flop-equivalents (memory bound on CPU).
 ELEMENTWISE_FLOPS = 32.0
 
@@ -103,7 +106,8 @@ def gram_accumulate(
     full = mode == "full"
     scale = 1.0 / n_outputs if mode == "trace" else 1.0
     per = t * t * (c * c if full else 1)
-    step = max(1, int(math.isqrt(max(1, max_elems // per))))
+    # chunks of at most ~2048 Gram rows: larger GEMM outputs outgrow the cache and run slower
+    step = max(1, min(int(math.isqrt(max(1, max_elems // per))), GRAM_ROWS // (t * (c if full else 1))))
     for r0, r1 in _chunks(b1, step):
         r = r1 - r0
         A1 = a1[r0:r1].reshape(r * t, -1)

@@ -15,8 +15,8 @@ Tiling. Features (per-sample Jacobians and Gram factors) of a row panel of R sam
 while column chunks of S samples stream past (R ≈ 2S: the panel is built once, each chunk
 once per panel); when every feature fits, R = n1 and S = n2 and nothing is rebuilt. Blocks
 are computed as float64 sub-tiles of at most u×u samples; with ``x2=None`` only sub-tiles
-on or above the diagonal are computed (u ≈ n/8, at least 256: about 56 % of the pairs for
-n ≥ 2048), diagonal ones symmetrized and the others mirrored. The budget is split ≈ 50 %
+on or above the diagonal are computed (u ≈ n/16, at least 256: about 53 % of the pairs for
+n ≥ 4096), diagonal ones symmetrized and the others mirrored. The budget is split ≈ 50 %
 panel + column features, 25 % capture workspace (forward activations, C' backward passes,
 unfolded patches), 10 % Gram temporaries, 10 % output sub-tiles.
 """
@@ -405,7 +405,7 @@ def _run_features(
             S = max(1, min(n2, M - R))
         # sub-tiles: large enough for efficient GEMMs, small enough that the symmetric case
         # skips most blocks below the diagonal
-        u = min(u_cap, max(256, -(-n1 // 8)) if sym else 2048)
+        u = min(u_cap, max(256, -(-n1 // 16)) if sym else 2048)
     m = max(1, min(R, int(CAPTURE_SHARE * budget) // max(1, work)))  # capture sub-batch
     gram_elems = max(1, int(GRAM_SHARE * budget) // (2 * itemsize))
     st.panel, st.chunk = R, S
