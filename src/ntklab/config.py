@@ -165,12 +165,6 @@ class BaseExperiment(Section):
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-class DataScalingConfig(BaseExperiment):
-    """Test loss vs n for the network and kernel regression with its kernels."""
-
-    experiment: Literal["data-scaling"] = "data-scaling"
-
-
 def _experiment_section_defaults(cls: type[BaseExperiment], data: Any) -> Any:
     """Merge a raw section table over the experiment's own section defaults.
 
@@ -186,6 +180,21 @@ def _experiment_section_defaults(cls: type[BaseExperiment], data: Any) -> Any:
         if isinstance(default, Section) and isinstance(out.get(name), dict):
             out[name] = {**default.model_dump(mode="json", exclude_unset=True), **out[name]}
     return out
+
+
+class DataScalingConfig(BaseExperiment):
+    """Test loss vs n for the network and kernel regression with its kernels.
+
+    The network trains with Adam at lr 0.03 (cosine schedule, 1500 steps at batch 128): on the
+    default cnn1d (width 32) it reaches ≈ 5 % test error at n = 4096 on MNIST-1D, where SGD at
+    lr 0.5 stalls near 27 %. Adam moves every weight by about lr per step, so in the ntk
+    parameterization a much wider network needs a smaller lr, or ``train.optimizer = "sgd"``.
+    """
+
+    experiment: Literal["data-scaling"] = "data-scaling"
+    train: TrainConfig = TrainConfig(optimizer="adam", lr=0.03)
+
+    _section_defaults = model_validator(mode="before")(classmethod(_experiment_section_defaults))
 
 
 class WidthScalingConfig(BaseExperiment):
