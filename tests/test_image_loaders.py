@@ -28,12 +28,7 @@ BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 @pytest.fixture(scope="module")
 def cifar_subset() -> Path:
     """The shared real CIFAR-10 subset (``<repo>/../shared/data/cifar10-subset``)."""
-    root = (
-        Path(__file__).resolve().parents[1].parent
-        / "shared"
-        / "data"
-        / "cifar10-subset"
-    )
+    root = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-subset"
     if not (root / "cifar-10-batches-py" / "test_batch").is_file():
         pytest.fail(f"shared CIFAR-10 subset not found at {root}")
     return root
@@ -83,12 +78,8 @@ def test_cifar10_real_subset_folder(cifar_subset: Path) -> None:
     raw_train = np.concatenate([np.asarray(b[b"labels"]) for b in raw])
     raw_test = np.asarray(raw_batch(folder, "test_batch")[b"labels"])
     np.testing.assert_array_equal(ds.y_train, raw_train)
-    np.testing.assert_array_equal(
-        np.bincount(ds.y_train, minlength=10), np.bincount(raw_train)
-    )
-    np.testing.assert_array_equal(
-        np.bincount(ds.y_test, minlength=10), np.bincount(raw_test)
-    )
+    np.testing.assert_array_equal(np.bincount(ds.y_train, minlength=10), np.bincount(raw_train))
+    np.testing.assert_array_equal(np.bincount(ds.y_test, minlength=10), np.bincount(raw_test))
     # Layout: 1024 R, 1024 G, 1024 B, each row-major 32x32; values / 255.
     first = raw[1][b"data"][0].reshape(3, 32, 32).astype(np.float32) / 255
     np.testing.assert_array_equal(ds.x_train[1000], first)
@@ -154,9 +145,7 @@ def test_cifar10_truncated_batch(cifar_copy: Path) -> None:
 def test_cifar10_svhn_mat_given_as_cifar(cifar_copy: Path, tmp_path: Path) -> None:
     mat = tmp_path / "train_32x32.mat"
     rng = np.random.default_rng(0)
-    write_mat(
-        mat, rng.integers(0, 256, (32, 32, 3, 4), dtype=np.uint8), np.arange(1, 5)
-    )
+    write_mat(mat, rng.integers(0, 256, (32, 32, 3, 4), dtype=np.uint8), np.arange(1, 5))
     with pytest.raises(DataError) as exc:
         load_cifar10(mat)
     assert_one_sentence(exc, str(mat))
@@ -186,9 +175,7 @@ def test_cifar10_wrong_shape_and_labels(cifar_copy: Path, protocol: int) -> None
         assert_one_sentence(exc, str(victim))
         assert phrase in str(exc.value)
     # A Python-3 re-pickle of a valid batch is read like the official file.
-    victim.write_bytes(
-        pickle.dumps({b"data": good, b"labels": [1] * 5}, protocol=protocol)
-    )
+    victim.write_bytes(pickle.dumps({b"data": good, b"labels": [1] * 5}, protocol=protocol))
     ds = load_cifar10(cifar_copy)
     assert ds.x_test.shape == (5, 3, 32, 32) and list(ds.y_test) == [1] * 5
 
@@ -223,18 +210,14 @@ def test_n_train_checks(cifar_subset: Path) -> None:
 # ------------------------------------------------------------------------------ CIFAR-5m
 
 
-def make_cifar5m(
-    folder: Path, sizes: list[int], seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
+def make_cifar5m(folder: Path, sizes: list[int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     xs, ys = [], []
     for k, n in enumerate(sizes):
         x = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
         y = rng.integers(0, 10, n)
-        save = (
-            np.savez_compressed if k % 2 else np.savez
-        )  # both stored and deflated members
+        save = np.savez_compressed if k % 2 else np.savez  # both stored and deflated members
         save(folder / f"part{k}.npz", X=x, Y=y)
         xs.append(x)
         ys.append(y)
@@ -245,11 +228,7 @@ def test_cifar5m_round_trip(tmp_path: Path) -> None:
     x, y = make_cifar5m(tmp_path, [7, 5, 6])
     expected = x.transpose(0, 3, 1, 2).astype(np.float32) / 255
     ds = load_cifar5m(tmp_path, n_test=4)
-    assert (
-        ds.name == "cifar5m"
-        and ds.class_names is not None
-        and ds.class_names[3] == "cat"
-    )
+    assert ds.name == "cifar5m" and ds.class_names is not None and ds.class_names[3] == "cat"
     # Test = tail of the last part; train = everything before it, parts in order.
     np.testing.assert_array_equal(ds.x_test, expected[-4:])
     np.testing.assert_array_equal(ds.y_test, y[-4:])
@@ -307,9 +286,7 @@ def test_svhn_round_trip(tmp_path: Path) -> None:
     np.testing.assert_array_equal(ds.y_test, [9, 8, 0, 1])
     # x[n, c, h, w] == X[h, w, c, n] / 255
     assert ds.x_train[4, 2, 5, 7] == np.float32(x_tr[5, 7, 2, 4]) / 255
-    np.testing.assert_array_equal(
-        ds.x_test, x_te.transpose(3, 2, 0, 1) / np.float32(255)
-    )
+    np.testing.assert_array_equal(ds.x_test, x_te.transpose(3, 2, 0, 1) / np.float32(255))
     small = load_svhn(tmp_path, n_train=3)
     np.testing.assert_array_equal(small.x_train, ds.x_train[:3])
 
@@ -347,18 +324,12 @@ def idx_bytes(array: np.ndarray) -> bytes:
     return magic.to_bytes(4, "big") + dims + array.astype(np.uint8).tobytes()
 
 
-def write_idx_set(
-    folder: Path, n_train: int, n_test: int, gz: bool, seed: int = 0
-) -> tuple:
+def write_idx_set(folder: Path, n_train: int, n_test: int, gz: bool, seed: int = 0) -> tuple:
     rng = np.random.default_rng(seed)
     arrays = {
-        "train-images-idx3-ubyte": rng.integers(
-            0, 256, (n_train, 28, 28), dtype=np.uint8
-        ),
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
         "train-labels-idx1-ubyte": rng.integers(0, 10, n_train).astype(np.uint8),
-        "t10k-images-idx3-ubyte": rng.integers(
-            0, 256, (n_test, 28, 28), dtype=np.uint8
-        ),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
         "t10k-labels-idx1-ubyte": rng.integers(0, 10, n_test).astype(np.uint8),
     }
     folder.mkdir(parents=True, exist_ok=True)
@@ -439,9 +410,7 @@ def test_zca_whitens_training_data() -> None:
     n, shape = 2000, (2, 3, 4)  # D = 24 < N
     d = int(np.prod(shape))
     mixing = rng.normal(size=(d, d)) * np.linspace(0.1, 5.0, d)
-    x_train = (
-        (rng.normal(size=(n, d)) @ mixing + 3.0).reshape(n, *shape).astype(np.float32)
-    )
+    x_train = (rng.normal(size=(n, d)) @ mixing + 3.0).reshape(n, *shape).astype(np.float32)
     zca = fit_zca(x_train, reg=1e-10)
     assert zca.mean.dtype == zca.matrix.dtype == np.float64
     assert zca.matrix.shape == (d, d)

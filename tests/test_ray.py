@@ -34,7 +34,7 @@ OVERRIDES = [
     "fit.bootstrap=50",
     "device='cpu'",
 ]
-DIVERGENT = ["train.lr=100", "train.schedule='constant'", "train.momentum=0.99"]
+DIVERGENT = ["train.optimizer='sgd'", "train.lr=100", "train.schedule='constant'", "train.momentum=0.99"]
 TOTAL = 8
 
 

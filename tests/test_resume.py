@@ -34,7 +34,7 @@ SWEEP = [
     "--set",
     "seeds=2",
     "--set",
-    "train.steps=100",
+    "train.steps=1000",  # long enough that an interrupt lands mid-sweep on a fast machine
     "--set",
     "arch.width=8",
     "--set",
@@ -45,7 +45,16 @@ SWEEP = [
 ]
 TOTAL = 8
 # lr 100 with heavy momentum: the loss of some trainings becomes NaN (FloatingPointError)
-DIVERGENT = ["--set", "train.lr=100", "--set", "train.schedule='constant'", "--set", "train.momentum=0.99"]
+DIVERGENT = [
+    "--set",
+    "train.optimizer='sgd'",
+    "--set",
+    "train.lr=100",
+    "--set",
+    "train.schedule='constant'",
+    "--set",
+    "train.momentum=0.99",
+]
 
 
 def stored(cache: Path) -> dict[str, tuple[int, int]]:

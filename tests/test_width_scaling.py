@@ -138,7 +138,15 @@ def test_standard_parameterization_without_infinite_kernels_plans_no_distance() 
 
 def test_units_shared_with_data_scaling() -> None:
     """At arch.width, width-scaling plans the very units of data-scaling (one stored result)."""
-    same = ["data.n_max=1024", "data.n_val=128", "data.n_test=500", "train.batch_size=32", "seeds=2"]
+    same = [
+        "data.n_max=1024",
+        "data.n_val=128",
+        "data.n_test=500",
+        "seeds=2",
+        "train.optimizer='sgd'",
+        "train.lr=0.5",
+        "train.batch_size=32",
+    ]
     ws = load_config(None, ["experiment=width-scaling", "widths=[16, 32]", *same])
     ds = load_config(None, ["experiment=data-scaling", *same])
     ws_keys = {u.key for u in width_scaling.plan(ws)}
