@@ -10,8 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from ntklab.cli import main
+from ntklab.config import load_config
 
 TINY = [
     "--set",
@@ -99,3 +101,40 @@ def test_config_show_prints_resolved_toml(capsys: pytest.CaptureFixture[str]) ->
     assert main(["config", "show", "--set", "experiment=kernel-evolution"]) == 0
     text = capsys.readouterr().out
     assert 'experiment = "kernel-evolution"' in text and "[evolution]" in text
+
+
+def test_infinite_kernel_blocks_assemble_to_the_whole_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks of 16 points (ragged last block) reassemble to kernel_fn on all n points."""
+    from ntklab.experiments import data_scaling
+    from ntklab.experiments.common import build_spec, eval_points
+    from ntklab.run.context import RunContext
+
+    monkeypatch.setattr(data_scaling, "INFINITE_BLOCK", 16)
+    cfg = load_config(
+        None,
+        [
+            "arch.name='mlp'",
+            "arch.depth=2",
+            "data.n_min=8",
+            "data.n_max=40",
+            "data.n_val=8",
+            "data.n_test=12",
+            "methods=['ntk', 'nngp']",
+        ],
+    )
+    ctx = RunContext(cfg, progress=False)
+    units = data_scaling.infinite_units(cfg, 40)
+    assert len(units) == 3 + 6  # 3 cross column blocks, 3·4/2 train blocks on/above the diagonal
+    results = {u.key: u.function()(ctx, **u.args) for u in units}
+    got = data_scaling.infinite_result(cfg, 40, results)
+    s = ctx.splits
+    spec = build_spec(cfg.arch, s.num_outputs)
+    xt = torch.tensor(s.x_train[:40], dtype=torch.float64)
+    want = spec.kernel_fn(xt, None)
+    cross = spec.kernel_fn(torch.tensor(eval_points(s), dtype=torch.float64), xt)
+    for k in ("ntk", "nngp"):
+        np.testing.assert_allclose(got[k]["train"], want[k].numpy(), rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(got[k]["cross"], cross[k].numpy(), rtol=1e-12, atol=1e-14)
+        assert np.array_equal(got[k]["train"], got[k]["train"].T)
+    del results[units[-1].key]
+    assert data_scaling.infinite_result(cfg, 40, results) is None

@@ -153,4 +153,6 @@ def test_units_shared_with_data_scaling() -> None:
     ds_units = data_scaling.plan(ds)
     assert ds_units and all(u.key in ws_keys for u in ds_units if u.kind in ("train", "entk"))
     # the infinite kernels do not depend on the width in the ntk parameterization
-    assert data_scaling.infinite_unit(ds, 1024).key == width_scaling.reference_unit(ws).key
+    assert [u.key for u in data_scaling.infinite_units(ds, 1024)] == [
+        u.key for u in width_scaling.reference_units(ws)
+    ]

@@ -62,7 +62,9 @@ def check_output(model: nn.Module, x: torch.Tensor, num_outputs: int, what: str)
         with torch.no_grad():
             y = model.eval()(x)
     except Exception as exc:  # noqa: BLE001
-        raise ArchError(f"{what} fails on inputs of shape {tuple(x.shape)}: {type(exc).__name__}: {exc}.") from None
+        raise ArchError(
+            f"{what} fails on inputs of shape {tuple(x.shape)}: {type(exc).__name__}: {exc}."
+        ) from None
     if tuple(y.shape) != (len(x), num_outputs):
         raise ArchError(
             f"{what} maps inputs {tuple(x.shape[1:])} to outputs {tuple(y.shape[1:])}, "

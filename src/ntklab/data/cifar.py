@@ -56,10 +56,7 @@ _TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 _TEST_BATCH = "test_batch"
 _META = "batches.meta"
 _ALL_FILES = (*_TRAIN_BATCHES, _TEST_BATCH, _META)
-_EXPECTED = (
-    f"expected a folder {CIFAR10_FOLDER} with data_batch_1..5 and test_batch, "
-    f"or {CIFAR10_ARCHIVE}"
-)
+_EXPECTED = f"expected a folder {CIFAR10_FOLDER} with data_batch_1..5 and test_batch, or {CIFAR10_ARCHIVE}"
 
 # The only globals a pickled dict of ndarrays, lists and bytes refers to. The official
 # Python-2 files use _reconstruct, ndarray and dtype; Python-3 re-pickles also use
@@ -124,10 +121,7 @@ def _unpickle(raw: bytes, label: str) -> dict[str, Any]:
             f"CIFAR-10 file {label} is not a CIFAR-10 python batch: it holds a "
             f"{type(obj).__name__}, not a dict."
         )
-    return {
-        k.decode("latin1") if isinstance(k, bytes) else str(k): v
-        for k, v in obj.items()
-    }
+    return {k.decode("latin1") if isinstance(k, bytes) else str(k): v for k, v in obj.items()}
 
 
 def parse_cifar10_batch(raw: bytes, label: str) -> tuple[np.ndarray, np.ndarray]:
@@ -155,8 +149,7 @@ def parse_cifar10_batch(raw: bytes, label: str) -> tuple[np.ndarray, np.ndarray]
     batch = _unpickle(raw, label)
     if "fine_labels" in batch:
         raise DataError(
-            f"CIFAR-10 file {label} is a CIFAR-100 batch (it has fine_labels), not a "
-            "CIFAR-10 batch."
+            f"CIFAR-10 file {label} is a CIFAR-100 batch (it has fine_labels), not a CIFAR-10 batch."
         )
     if "data" not in batch or "labels" not in batch:
         raise DataError(
@@ -186,8 +179,7 @@ def parse_cifar10_batch(raw: bytes, label: str) -> tuple[np.ndarray, np.ndarray]
     labels = labels.astype(np.int64)
     if n > 0 and (labels.min() < 0 or labels.max() > 9):
         raise DataError(
-            f"CIFAR-10 file {label} has labels in {labels.min()}..{labels.max()}; "
-            "expected labels in 0..9."
+            f"CIFAR-10 file {label} has labels in {labels.min()}..{labels.max()}; expected labels in 0..9."
         )
     return data.reshape(n, 3, 32, 32), labels
 
@@ -216,17 +208,12 @@ def parse_cifar10_meta(raw: bytes, label: str) -> tuple[str, ...]:
     names = meta.get("label_names")
     if not isinstance(names, list | tuple) or len(names) != 10:
         raise DataError(
-            f"CIFAR-10 file {label} is not a CIFAR-10 batches.meta: expected a list of "
-            "10 label_names."
+            f"CIFAR-10 file {label} is not a CIFAR-10 batches.meta: expected a list of 10 label_names."
         )
     try:
-        return tuple(
-            n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names
-        )
+        return tuple(n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names)
     except UnicodeDecodeError:
-        raise DataError(
-            f"CIFAR-10 file {label} has label_names that are not valid UTF-8 text."
-        ) from None
+        raise DataError(f"CIFAR-10 file {label} has label_names that are not valid UTF-8 text.") from None
 
 
 @contextmanager
@@ -235,9 +222,7 @@ def _open_tar(archive: Path) -> Iterator[ReadMember]:
     try:
         tar = tarfile.open(archive, mode="r:*")  # noqa: SIM115 - closed by `with tar` below
     except (tarfile.TarError, OSError, EOFError, zlib.error):
-        raise DataError(
-            f"CIFAR-10 file {archive} is not a readable tar archive; {_EXPECTED}."
-        ) from None
+        raise DataError(f"CIFAR-10 file {archive} is not a readable tar archive; {_EXPECTED}.") from None
     with tar:
         try:
             members = {}
@@ -246,13 +231,9 @@ def _open_tar(archive: Path) -> Iterator[ReadMember]:
                 if m.isfile() and base in _ALL_FILES and base not in members:
                     members[base] = m
         except (tarfile.TarError, OSError, EOFError, zlib.error):
-            raise DataError(
-                f"CIFAR-10 archive {archive} is truncated or corrupt."
-            ) from None
+            raise DataError(f"CIFAR-10 archive {archive} is truncated or corrupt.") from None
         if not any(name in members for name in (*_TRAIN_BATCHES, _TEST_BATCH)):
-            raise DataError(
-                f"no CIFAR-10 batches found in archive {archive}; {_EXPECTED}."
-            )
+            raise DataError(f"no CIFAR-10 batches found in archive {archive}; {_EXPECTED}.")
 
         def read(name: str) -> bytes | None:
             member = members.get(name)
@@ -279,9 +260,7 @@ def _folder_reader(folder: Path) -> ReadMember:
         try:
             return file.read_bytes()
         except OSError as exc:
-            raise DataError(
-                f"CIFAR-10 file {file} cannot be read ({exc.strerror})."
-            ) from None
+            raise DataError(f"CIFAR-10 file {file} cannot be read ({exc.strerror}).") from None
 
     return read
 
@@ -291,9 +270,7 @@ def _open_cifar10(path: Path) -> Iterator[tuple[ReadMember, Callable[[str], str]
     """Locate CIFAR-10 at ``path`` and yield a member reader and a namer for messages."""
     if path.is_dir():
         for folder in (path, path / CIFAR10_FOLDER):
-            if any(
-                (folder / name).is_file() for name in (*_TRAIN_BATCHES, _TEST_BATCH)
-            ):
+            if any((folder / name).is_file() for name in (*_TRAIN_BATCHES, _TEST_BATCH)):
                 yield _folder_reader(folder), lambda name, d=folder: str(d / name)
                 return
         archive = path / CIFAR10_ARCHIVE
@@ -344,9 +321,7 @@ def read_cifar10(
         def load(name: str) -> tuple[np.ndarray, np.ndarray]:
             raw = read(name)
             if raw is None:
-                raise DataError(
-                    f"CIFAR-10 file {name_of(name)} is missing; {_EXPECTED}."
-                )
+                raise DataError(f"CIFAR-10 file {name_of(name)} is missing; {_EXPECTED}.")
             return parse_cifar10_batch(raw, name_of(name))
 
         xs, ys = [], []
@@ -358,11 +333,7 @@ def read_cifar10(
             ys.append(y)
         x_test, y_test = load(_TEST_BATCH)
         meta = read(_META)
-        class_names = (
-            CIFAR10_CLASS_NAMES
-            if meta is None
-            else parse_cifar10_meta(meta, name_of(_META))
-        )
+        class_names = CIFAR10_CLASS_NAMES if meta is None else parse_cifar10_meta(meta, name_of(_META))
     return np.concatenate(xs), np.concatenate(ys), x_test, y_test, class_names
 
 
@@ -380,17 +351,11 @@ def _npy_header(f: Any, label: str) -> tuple[tuple[int, ...], np.dtype, int]:
     elif version == (2, 0):
         shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
     else:
-        raise DataError(
-            f"CIFAR-5m array {label} uses .npy format {version}; expected 1.0 or 2.0."
-        )
+        raise DataError(f"CIFAR-5m array {label} uses .npy format {version}; expected 1.0 or 2.0.")
     if fortran and len(shape) > 1:
-        raise DataError(
-            f"CIFAR-5m array {label} is stored in Fortran order; expected C order."
-        )
+        raise DataError(f"CIFAR-5m array {label} is stored in Fortran order; expected C order.")
     if dtype.hasobject:
-        raise DataError(
-            f"CIFAR-5m array {label} holds Python objects; expected numbers."
-        )
+        raise DataError(f"CIFAR-5m array {label} holds Python objects; expected numbers.")
     return tuple(shape), dtype, f.tell()
 
 
@@ -418,9 +383,7 @@ class _Npz:
                 f"expected {self.x_shape[0]} integer labels, one per image."
             )
 
-    def _header(
-        self, zf: zipfile.ZipFile, key: str
-    ) -> tuple[tuple[int, ...], np.dtype, int]:
+    def _header(self, zf: zipfile.ZipFile, key: str) -> tuple[tuple[int, ...], np.dtype, int]:
         with zf.open(f"{key}.npy") as f:
             return _npy_header(f, f"{key} in {self.file}")
 
@@ -434,14 +397,11 @@ class _Npz:
                 x = self._read(zf, "X", start, stop)
                 y = self._read(zf, "Y", start, stop)
         except _NPZ_ERRORS:
-            raise DataError(
-                f"CIFAR-5m file {self.file} is truncated or corrupt."
-            ) from None
+            raise DataError(f"CIFAR-5m file {self.file} is truncated or corrupt.") from None
         y = y.astype(np.int64)
         if len(y) and (y.min() < 0 or y.max() > 9):
             raise DataError(
-                f"CIFAR-5m file {self.file} has labels in {y.min()}..{y.max()}; "
-                "expected labels in 0..9."
+                f"CIFAR-5m file {self.file} has labels in {y.min()}..{y.max()}; expected labels in 0..9."
             )
         return x.transpose(0, 3, 1, 2), y
 
@@ -453,14 +413,10 @@ class _Npz:
             if info.compress_type == zipfile.ZIP_STORED:
                 # The member's bytes lie in the file as they are: map them and copy the rows.
                 data_start = _stored_data_start(self.file, info) + offset
-                array = np.memmap(
-                    self.file, dtype, mode="r", offset=data_start, shape=shape
-                )
+                array = np.memmap(self.file, dtype, mode="r", offset=data_start, shape=shape)
                 return np.array(array[start:stop])
             row_bytes = math.prod(shape[1:]) * dtype.itemsize
-            f.seek(
-                offset + start * row_bytes
-            )  # decompresses up to the rows, not beyond
+            f.seek(offset + start * row_bytes)  # decompresses up to the rows, not beyond
             want = (stop - start) * row_bytes
             buf = f.read(want)
         if len(buf) != want:

@@ -98,10 +98,7 @@ def read_idx(
                     f"{expected_magic} ({_KIND.get(expected_magic, 'IDX uint8')})."
                 )
             ndim = header[3]
-            dims = tuple(
-                int(d)
-                for d in np.frombuffer(_read_exact(f, 4 * ndim, file, "header"), ">u4")
-            )
+            dims = tuple(int(d) for d in np.frombuffer(_read_exact(f, 4 * ndim, file, "header"), ">u4"))
             n_total = dims[0]
             n = n_total if limit is None else min(n_total, limit)
             item = int(np.prod(dims[1:], dtype=np.int64))
@@ -118,9 +115,7 @@ def read_idx(
     return np.frombuffer(data, dtype=np.uint8).reshape((n, *dims[1:])), n_total
 
 
-def find_idx_files(
-    path: str | os.PathLike[str], dataset: str, subfolder: str
-) -> list[Path]:
+def find_idx_files(path: str | os.PathLike[str], dataset: str, subfolder: str) -> list[Path]:
     """Locate the four IDX files of MNIST or Fashion-MNIST.
 
     Parameters
@@ -144,10 +139,7 @@ def find_idx_files(
         If no folder holds the files or one of them is missing.
     """
     root = Path(path).expanduser()
-    expected = (
-        f"expected a folder with {', '.join(IDX_FILES[:3])} and {IDX_FILES[3]} "
-        "(each optionally .gz)"
-    )
+    expected = f"expected a folder with {', '.join(IDX_FILES[:3])} and {IDX_FILES[3]} (each optionally .gz)"
 
     def find(folder: Path, name: str) -> Path | None:
         for candidate in (folder / name, folder / f"{name}.gz"):
@@ -160,9 +152,7 @@ def find_idx_files(
         if any(f is not None for f in found):
             for name, f in zip(IDX_FILES, found, strict=True):
                 if f is None:
-                    raise DataError(
-                        f"{dataset} file {folder / name} is missing; {expected}."
-                    )
+                    raise DataError(f"{dataset} file {folder / name} is missing; {expected}.")
             return [f for f in found if f is not None]
     raise DataError(f"no {dataset} files found at {root}; {expected}.")
 
@@ -204,17 +194,13 @@ def read_idx_dataset(
         x, nx = read_idx(fx, IDX_IMAGES_MAGIC, limit)
         y, ny = read_idx(fy, IDX_LABELS_MAGIC, limit)
         if x.shape[1:] != (28, 28):
-            raise DataError(
-                f"{dataset} file {fx} holds images of size {x.shape[1:]}; expected (28, 28)."
-            )
+            raise DataError(f"{dataset} file {fx} holds images of size {x.shape[1:]}; expected (28, 28).")
         if y.ndim != 1 or nx != ny:
             raise DataError(
                 f"{dataset} file {fy} holds labels of shape {(ny, *y.shape[1:])}, which does "
                 f"not match the {nx} images in {fx.name}."
             )
         if len(y) and y.max() > 9:
-            raise DataError(
-                f"{dataset} file {fy} has labels up to {y.max()}; expected 0..9."
-            )
+            raise DataError(f"{dataset} file {fy} has labels up to {y.max()}; expected 0..9.")
         out += [x[:, None], y.astype(np.int64)]
     return out[0], out[1], out[2], out[3]

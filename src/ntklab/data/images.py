@@ -53,9 +53,7 @@ def _positive_count(value: int | None, what: str) -> int | None:
             raise TypeError
         count = operator.index(value)
     except TypeError:
-        raise ConfigError(
-            f"{what} must be a positive integer or None; got {value!r}."
-        ) from None
+        raise ConfigError(f"{what} must be a positive integer or None; got {value!r}.") from None
     if count < 1:
         raise ConfigError(f"{what} must be a positive integer or None; got {count}.")
     return count
@@ -80,8 +78,7 @@ def _assemble(
     if n_train is not None:
         if len(y_train) < n_train:
             raise DataError(
-                f"{name} at {where} holds only {len(y_train)} training images, fewer than "
-                f"n_train={n_train}."
+                f"{name} at {where} holds only {len(y_train)} training images, fewer than n_train={n_train}."
             )
         x_train, y_train = x_train[:n_train], y_train[:n_train]
     return RawDataset(
@@ -127,9 +124,7 @@ def load_cifar10(path: PathLike, n_train: int | None = None) -> RawDataset:
     return _assemble("cifar10", path, (x_train, y_train, x_test, y_test), n, names)
 
 
-def load_cifar5m(
-    path: PathLike, n_train: int | None = None, n_test: int = 10000
-) -> RawDataset:
+def load_cifar5m(path: PathLike, n_train: int | None = None, n_test: int = 10000) -> RawDataset:
     """Load CIFAR-5m from its ``part*.npz`` files.
 
     Parameters
@@ -250,7 +245,5 @@ def load_fashion_mnist(path: PathLike, n_train: int | None = None) -> RawDataset
         If ``n_train`` is not a positive integer or None.
     """
     n = _positive_count(n_train, "n_train")
-    arrays = read_idx_dataset(
-        path, n, dataset="Fashion-MNIST", subfolder="FashionMNIST"
-    )
+    arrays = read_idx_dataset(path, n, dataset="Fashion-MNIST", subfolder="FashionMNIST")
     return _assemble("fashion_mnist", path, arrays, n, FASHION_MNIST_CLASS_NAMES)

@@ -23,9 +23,7 @@ SVHN_TEST_FILE = "test_32x32.mat"
 _EXPECTED = f"expected a folder with {SVHN_TRAIN_FILE} and {SVHN_TEST_FILE}"
 
 
-def read_svhn_mat(
-    file: Path, limit: int | None = None
-) -> tuple[np.ndarray, np.ndarray]:
+def read_svhn_mat(file: Path, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Read one official SVHN ``.mat`` file.
 
     Parameters
@@ -57,13 +55,10 @@ def read_svhn_mat(
         ) from None
     except Exception as exc:  # noqa: BLE001 - parsing arbitrary bytes can raise anything
         raise DataError(
-            f"SVHN file {file} is truncated or not a MATLAB .mat file "
-            f"(reading failed: {type(exc).__name__})."
+            f"SVHN file {file} is truncated or not a MATLAB .mat file (reading failed: {type(exc).__name__})."
         ) from None
     if "X" not in mat or "y" not in mat:
-        raise DataError(
-            f"SVHN file {file} has no arrays X and y; expected the official cropped-digits file."
-        )
+        raise DataError(f"SVHN file {file} has no arrays X and y; expected the official cropped-digits file.")
     x, y = mat["X"], mat["y"]
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[:3] != (32, 32, 3):
         raise DataError(
@@ -82,8 +77,7 @@ def read_svhn_mat(
     labels = y.astype(np.int64)
     if len(y) and (np.any(labels != y) or labels.min() < 1 or labels.max() > 10):
         raise DataError(
-            f"SVHN file {file} has labels outside the integers 1..10; expected 1..10 "
-            "with 10 for the digit 0."
+            f"SVHN file {file} has labels outside the integers 1..10; expected 1..10 with 10 for the digit 0."
         )
     labels[labels == 10] = 0
     return x.transpose(3, 2, 0, 1), labels

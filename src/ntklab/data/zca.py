@@ -108,9 +108,7 @@ def fit_zca(x_train: np.ndarray, reg: float) -> ZCA:
         regularized covariance has a zero eigenvalue (e.g. ``reg=0`` with D >= N, or constant
         data).
     """
-    if isinstance(reg, bool) or not isinstance(
-        reg, int | float | np.floating | np.integer
-    ):
+    if isinstance(reg, bool) or not isinstance(reg, int | float | np.floating | np.integer):
         raise ConfigError(f"ZCA reg must be a non-negative number; got {reg!r}.")
     reg = float(reg)
     if not math.isfinite(reg) or reg < 0:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ntklab.config import DataScalingConfig
 from ntklab.experiments.common import arch_reads, data_reads, regress_grid
 from ntklab.experiments.tidy import exponents, row, rows_from
@@ -57,18 +59,77 @@ def entk_unit(cfg: Any, n: int, seed_index: int, width: int | None = None) -> Un
     )
 
 
-def infinite_unit(cfg: Any, n: int) -> Unit:
-    """Infinite NNGP and NTK of the architecture on the first n training points."""
+#: Training points per side of one block of the infinite kernels. The infinite NTK is the
+#: longest computation of a sweep (minutes at n = 4096 on one core); in blocks it runs on every
+#: worker, or every Ray node, side by side with the short units instead of alone at the end.
+INFINITE_BLOCK = 1024
+
+
+def spans(n: int, block: int | None = None) -> list[tuple[int, int]]:
+    """[(0, b), (b, 2b), ..., (., n)]: the row/column blocks of n points (b = ``block`` or
+    :data:`INFINITE_BLOCK`)."""
+    b = block or INFINITE_BLOCK
+    return [(i, min(i + b, n)) for i in range(0, n, b)]
+
+
+def infinite_units(cfg: Any, n: int, cross: bool = True) -> list[Unit]:
+    """Infinite NNGP and NTK on the first n training points, as independent blocks.
+
+    K(train[:n], train[:n]) in blocks of :data:`INFINITE_BLOCK` points on and above the
+    diagonal, and (``cross``) K(val+test, train[:n]) in column blocks: about n²/2B² + 3n/2B
+    units. A block depends on its index ranges, not on n, so runs whose n differ share the
+    blocks they have in common. :func:`infinite_result` assembles them.
+    """
     arch = arch_reads(cfg)
     if cfg.arch.parameterization == "ntk" and cfg.arch.layers is None:
         arch.pop("width")  # ntk-parameterized infinite kernels do not depend on the width
-    return Unit(
-        "infinite",
-        f"{U}:infinite_kernels",
-        {"n": n},
-        {"data": data_reads(cfg), "arch": arch},
-        label=f"NTK/NNGP n={n}",
+    reads = {"data": data_reads(cfg), "arch": arch}
+    sp = spans(n)
+
+    def unit(args: dict, label: str) -> Unit:
+        return Unit("infinite", f"{U}:infinite_block", args, reads, label=f"NTK/NNGP {label}")
+
+    units = (
+        [unit({"part": "cross", "cols": list(c)}, f"eval x train[{c[0]}:{c[1]}]") for c in sp]
+        if cross
+        else []
     )
+    units += [
+        unit(
+            {"part": "train", "cols": list(c), "rows": list(r)},
+            f"train[{r[0]}:{r[1]}] x train[{c[0]}:{c[1]}]",
+        )
+        for r in sp
+        for c in sp
+        if c[0] >= r[0]
+    ]
+    return units
+
+
+def infinite_result(
+    cfg: Any, n: int, results: dict[str, Any], cross: bool = True
+) -> dict[str, dict[str, np.ndarray]] | None:
+    """``{"nngp"|"ntk": {"train": (n, n), "cross": (V+T, n)}}`` from the blocks of
+    :func:`infinite_units` ("cross" only with ``cross``); None while any block is missing."""
+    parts = [(u.args, results.get(u.key)) for u in infinite_units(cfg, n, cross)]
+    if not parts or any(r is None for _, r in parts):
+        return None
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for name in ("nngp", "ntk"):
+        blocks = {"train": np.empty((n, n))}
+        if cross:
+            e = next(r[name].shape[0] for a, r in parts if a["part"] == "cross")
+            blocks["cross"] = np.empty((e, n))
+        for a, r in parts:
+            (c0, c1), b = a["cols"], r[name]
+            if a["part"] == "cross":
+                blocks["cross"][:, c0:c1] = b
+            else:
+                (r0, r1) = a["rows"]
+                blocks["train"][r0:r1, c0:c1] = b
+                blocks["train"][c0:c1, r0:r1] = b.T
+        out[name] = blocks
+    return out
 
 
 def plan(cfg: DataScalingConfig) -> list[Unit]:
@@ -76,7 +137,7 @@ def plan(cfg: DataScalingConfig) -> list[Unit]:
     grid, n_max = cfg.data.n_grid(), cfg.data.n_max
     units: list[Unit] = []
     if {"ntk", "nngp"} & set(cfg.methods):
-        units.append(infinite_unit(cfg, n_max))
+        units += infinite_units(cfg, n_max)
     for i in range(cfg.seeds):
         if "entk" in cfg.methods:
             units.append(entk_unit(cfg, n_max, i))
@@ -107,7 +168,7 @@ def analyze(cfg: DataScalingConfig, results: dict[str, Any], ctx: Any) -> tuple[
     """Tidy rows and the summary's ``exponents`` from unit results (missing units are skipped)."""
     grid, n_max, w = cfg.data.n_grid(), cfg.data.n_max, cfg.arch.width
     rows: list[dict] = []
-    inf = results.get(infinite_unit(cfg, n_max).key)
+    inf = infinite_result(cfg, n_max, results)
     if inf is not None:
         for m in ("ntk", "nngp"):
             if m in cfg.methods:

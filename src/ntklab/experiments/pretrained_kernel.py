@@ -39,7 +39,8 @@ from ntklab.experiments.common import regress_grid
 from ntklab.experiments.data_scaling import (
     METRICS,
     entk_unit,
-    infinite_unit,
+    infinite_result,
+    infinite_units,
     kernel_rows,
     nn_rows,
     train_unit,
@@ -73,7 +74,7 @@ def plan(cfg: PretrainedKernelConfig) -> list[Unit]:
     grid, n_max = cfg.data.n_grid(), cfg.data.n_max
     units: list[Unit] = []
     if {"ntk", "nngp"} & set(cfg.methods):
-        units.append(infinite_unit(cfg, n_max))
+        units += infinite_units(cfg, n_max)
     for i in range(cfg.seeds):
         if "entk" in cfg.methods:
             units.append(entk_unit(cfg, n_max, i))
@@ -110,7 +111,7 @@ def analyze(
     q = min(MOVE_PROBE, n_max)
     rows: list[dict] = []
     if {"ntk", "nngp"} & set(cfg.methods):
-        inf = results.get(infinite_unit(cfg, n_max).key)
+        inf = infinite_result(cfg, n_max, results)
         if inf is not None:
             for m in ("ntk", "nngp"):
                 if m in cfg.methods:

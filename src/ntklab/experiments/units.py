@@ -91,13 +91,23 @@ def entk_at_init(ctx: Any, n: int, seed_index: int, width: int | None = None) ->
     return kernel_blocks(ctx, entk_kernel_fn(ctx, model), n)
 
 
-def infinite_kernels(ctx: Any, n: int) -> dict[str, dict[str, np.ndarray]]:
-    """Infinite-width NNGP and NTK of the config's architecture on the first n training points."""
+def infinite_block(
+    ctx: Any, part: str, cols: list[int], rows: list[int] | None = None
+) -> dict[str, np.ndarray]:
+    """One block of the infinite-width NNGP and NTK of the config's architecture.
+
+    ``part = "train"``: K(x_train[r0:r1], x_train[c0:c1]), (r1 − r0, c1 − c0), exactly
+    symmetric when rows == cols; ``part = "cross"``: K(val+test, x_train[c0:c1]),
+    (V + T, c1 − c0). Returns ``{"nngp": block, "ntk": block}`` (float64).
+    """
     s = ctx.splits
     spec = build_spec(ctx.cfg.arch, s.num_outputs)
-    xt = ctx.tensor(s.x_train[:n], torch.float64)
-    xe = ctx.tensor(eval_points(s), torch.float64)
-    kw = {"memory_budget_bytes": _budget(ctx), "progress": ctx.progress}
-    tt = spec.kernel_fn(xt, None, get=("nngp", "ntk"), **kw)
-    et = spec.kernel_fn(xe, xt, get=("nngp", "ntk"), **kw)
-    return {k: {"train": tt[k].cpu().numpy(), "cross": et[k].cpu().numpy()} for k in ("nngp", "ntk")}
+    xc = ctx.tensor(s.x_train[cols[0] : cols[1]], torch.float64)
+    if part == "cross":
+        x1, x2 = ctx.tensor(eval_points(s), torch.float64), xc
+    elif rows is None or list(rows) == list(cols):
+        x1, x2 = xc, None
+    else:
+        x1, x2 = ctx.tensor(s.x_train[rows[0] : rows[1]], torch.float64), xc
+    k = spec.kernel_fn(x1, x2, get=("nngp", "ntk"), memory_budget_bytes=_budget(ctx), progress=ctx.progress)
+    return {name: v.cpu().numpy() for name, v in k.items()}

@@ -33,7 +33,14 @@ import numpy as np
 
 from ntklab.config import WidthScalingConfig
 from ntklab.experiments.common import arch_reads, data_reads, init_model
-from ntklab.experiments.data_scaling import entk_unit, infinite_unit, kernel_rows, nn_rows, train_unit
+from ntklab.experiments.data_scaling import (
+    entk_unit,
+    infinite_result,
+    infinite_units,
+    kernel_rows,
+    nn_rows,
+    train_unit,
+)
 from ntklab.experiments.tidy import exponents, row
 from ntklab.experiments.units import entk_kernel_fn
 from ntklab.kernels.metrics import kernel_distance, relative_error
@@ -91,14 +98,20 @@ def probe_unit(cfg: WidthScalingConfig, seed_index: int, width: int) -> Unit:
     )
 
 
-def reference_unit(cfg: WidthScalingConfig) -> Unit | None:
-    """The infinite-kernel unit: on the largest n for the ``ntk``/``nngp`` curves, else on the
-    probe set only for the distance (None when neither is wanted)."""
+def reference(cfg: WidthScalingConfig) -> tuple[int, bool] | None:
+    """(n, cross) of the infinite kernels: the largest n with the evaluation points for the
+    ``ntk``/``nngp`` curves, else the probe set alone for the distance (None: neither wanted)."""
     if {"ntk", "nngp"} & set(cfg.methods):
-        return infinite_unit(cfg, cfg.data.n_max)
+        return cfg.data.n_max, True
     if has_distance(cfg):
-        return infinite_unit(cfg, cfg.probe_size)
+        return cfg.probe_size, False
     return None
+
+
+def reference_units(cfg: WidthScalingConfig) -> list[Unit]:
+    """The blocks of the infinite kernels of :func:`reference` (none when not wanted)."""
+    ref = reference(cfg)
+    return infinite_units(cfg, *ref) if ref is not None else []
 
 
 def init_kernel_unit(cfg: WidthScalingConfig, seed_index: int, width: int) -> Unit | None:
@@ -115,9 +128,7 @@ def plan(cfg: WidthScalingConfig) -> list[Unit]:
     then the probe-only eNTKs of ``probe_widths``."""
     grid = cfg.data.n_grid()
     units: list[Unit] = []
-    ref = reference_unit(cfg)
-    if ref is not None:
-        units.append(ref)
+    units += reference_units(cfg)
     for w in cfg.widths:
         for i in range(cfg.seeds):
             k = init_kernel_unit(cfg, i, w)
@@ -174,9 +185,9 @@ def analyze(cfg: WidthScalingConfig, results: dict[str, Any], ctx: Any) -> tuple
     """
     grid, n_max, p = cfg.data.n_grid(), cfg.data.n_max, cfg.probe_size
     rows: list[dict] = []
-    ref_unit = reference_unit(cfg)
-    ref = results.get(ref_unit.key) if ref_unit is not None else None
-    if ref is not None and ref_unit.args["n"] == n_max:
+    spec = reference(cfg)
+    ref = infinite_result(cfg, spec[0], results, spec[1]) if spec is not None else None
+    if ref is not None and spec[1]:
         for m in ("ntk", "nngp"):
             if m in cfg.methods:
                 rows += kernel_rows(cfg, ctx, m, ref[m], 0, 0, grid)
