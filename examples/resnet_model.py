@@ -9,7 +9,7 @@ Example
 Does the NTK explain this ResNet on the CIFAR-10 subset, in ten minutes of CPU time::
 
     ntklab explain --model examples/resnet_model.py:make_model \\
-        --data cifar10 --data-path /work/shared/data/cifar10-subset/cifar-10-batches-py \\
+        --data cifar10 --data-path path/to/cifar-10-batches-py \\
         --budget-minutes 10 --out runs/explain-resnet
 
 or from Python::
