@@ -68,7 +68,7 @@ log = logging.getLogger("ntklab.kernels.empirical")
 IMPLEMENTATIONS = ("auto", "jacobian", "structured", "ntvp")
 
 # Shares of the memory budget (the rest is headroom for the allocator and the input batch).
-FEATURES_SHARE = 0.4  # row panel + column chunk of features
+FEATURES_SHARE = 0.35  # row panel + column chunk of features
 RESIDENT_SHARE = 0.55  # symmetric case: one panel holding every sample, no column buffer
 CAPTURE_SHARE = 0.2  # forward activations, C' backward passes, unfolded patches
 GRAM_SHARE = 0.08  # Gram-route temporaries
