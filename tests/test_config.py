@@ -70,3 +70,12 @@ def test_example_configs_validate() -> None:
     assert len(files) >= 5
     for f in files:
         assert load_config(f).experiment in EXPERIMENTS
+
+
+def test_figure_titles_name_the_users_factory_not_the_zoo_default() -> None:
+    from ntklab.config import ArchConfig
+    from ntklab.experiments.common import arch_label
+
+    assert arch_label(ArchConfig(factory="models/resnet.py:make_model")) == "make_model"
+    assert arch_label(ArchConfig(layers=[{"layer": "Dense", "width": 10}])) == "layers"
+    assert arch_label(ArchConfig(name="cnn1d", width=48), width=True) == "cnn1d (width 48)"

@@ -39,6 +39,16 @@ def build_spec(arch: ArchConfig, num_outputs: int, width: int | None = None) -> 
     )
 
 
+def arch_label(arch: ArchConfig, width: bool = False) -> str:
+    """A figure title's name of the architecture: the user's factory function, "layers" for
+    explicit layer dictionaries, else the zoo name (with ``width``: and its width)."""
+    if arch.factory is not None:
+        return arch.factory.rpartition(":")[2]
+    if arch.layers is not None:
+        return "layers"
+    return f"{arch.name} (width {arch.width})" if width else arch.name
+
+
 def arch_reads(cfg: AnyConfig, width: int | None = None) -> dict[str, Any]:
     """The architecture fields a unit depends on (``width`` overridden when given)."""
     arch = cfg.arch.model_dump(mode="json")

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ntklab.config import DataScalingConfig
-from ntklab.experiments.common import arch_reads, data_reads, regress_grid
+from ntklab.experiments.common import arch_label, arch_reads, data_reads, regress_grid
 from ntklab.experiments.tidy import exponents, row, rows_from
 from ntklab.run.units import Unit
 
@@ -194,6 +194,6 @@ def figures(cfg: DataScalingConfig, rows: list[dict], summary: dict, out_dir) ->
             summary["exponents"],
             cfg.fit.metric,
             out_dir / "scaling.png",
-            title=f"{cfg.data.name}: {cfg.arch.name}",
+            title=f"{cfg.data.name}: {arch_label(cfg.arch)}",
         )
     ]

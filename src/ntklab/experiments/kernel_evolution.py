@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from ntklab.config import KernelEvolutionConfig
-from ntklab.experiments.common import arch_reads, data_reads, regress_grid
+from ntklab.experiments.common import arch_label, arch_reads, data_reads, regress_grid
 from ntklab.experiments.evolution_units import probe_kernel
 from ntklab.experiments.tidy import row
 from ntklab.kernels.metrics import alignment, kernel_distance, kernel_velocity, spectrum
@@ -425,5 +425,5 @@ def figures(cfg: KernelEvolutionConfig, rows: list[dict], summary: dict, out_dir
     """Distance and velocity, alignment, K_t regression vs network, spectrum — against epochs."""
     from ntklab.report.evolution_figures import evolution_figures
 
-    title = f"{cfg.data.name}: {cfg.arch.name} w={cfg.arch.width}, n={cfg.evolution.n}"
+    title = f"{cfg.data.name}: {arch_label(cfg.arch, width=True)}, n={cfg.evolution.n}"
     return evolution_figures(rows, summary, Path(out_dir), title=title)

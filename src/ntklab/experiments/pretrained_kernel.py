@@ -35,7 +35,7 @@ import numpy as np
 
 from ntklab.config import PretrainedKernelConfig
 from ntklab.experiments.after_kernel import after_kernel_unit
-from ntklab.experiments.common import regress_grid
+from ntklab.experiments.common import arch_label, regress_grid
 from ntklab.experiments.data_scaling import (
     METRICS,
     entk_unit,
@@ -184,6 +184,6 @@ def figures(cfg: PretrainedKernelConfig, rows: list[dict], summary: dict, out_di
             cfg.fit.metric,
             cfg.pretrained.n0,
             Path(out_dir) / "pretrained_kernel.png",
-            title=f"{cfg.data.name}: {cfg.arch.name} (width {cfg.arch.width})",
+            title=f"{cfg.data.name}: {arch_label(cfg.arch, width=True)}",
         )
     ]

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ntklab.config import WidthScalingConfig
-from ntklab.experiments.common import arch_reads, data_reads, init_model
+from ntklab.experiments.common import arch_label, arch_reads, data_reads, init_model
 from ntklab.experiments.data_scaling import (
     entk_unit,
     infinite_result,
@@ -263,7 +263,7 @@ def figures(cfg: WidthScalingConfig, rows: list[dict], summary: dict, out_dir: P
     )
 
     out_dir = Path(out_dir)
-    title = f"{cfg.data.name}: {cfg.arch.name}"
+    title = f"{cfg.data.name}: {arch_label(cfg.arch)}"
     paths: list[Path] = []
     if any(r["metric"] == cfg.fit.metric for r in rows):
         paths.append(
