@@ -34,7 +34,7 @@ SWEEP = [
     "--set",
     "seeds=2",
     "--set",
-    "train.steps=1000",  # long enough that an interrupt lands mid-sweep on a fast machine
+    "train.steps=300",  # long enough that an interrupt lands mid-sweep on a fast machine
     "--set",
     "arch.width=8",
     "--set",
@@ -101,6 +101,9 @@ def test_interrupted_sweep_resumes_to_identical_results(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # a shell runs background jobs with SIGINT ignored, and Python keeps an ignored SIGINT:
+        # give the sweep the default handler, as in a terminal
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 90
     while not stored(cache):  # interrupt as soon as the first unit is stored
