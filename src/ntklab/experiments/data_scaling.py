@@ -132,8 +132,9 @@ def infinite_result(
     return out
 
 
-def plan(cfg: DataScalingConfig) -> list[Unit]:
-    """Every unit of the experiment."""
+def plan(cfg: Any) -> list[Unit]:
+    """Every unit of the experiment: the infinite-kernel blocks, then per seed the eNTK at
+    init and the networks (also the base of pretrained-kernel's plan)."""
     grid, n_max = cfg.data.n_grid(), cfg.data.n_max
     units: list[Unit] = []
     if {"ntk", "nngp"} & set(cfg.methods):
@@ -164,11 +165,12 @@ def nn_rows(cfg: Any, method: str, result: dict, n: int, seed: int, width: int) 
     ]
 
 
-def analyze(cfg: DataScalingConfig, results: dict[str, Any], ctx: Any) -> tuple[list[dict], dict[str, Any]]:
-    """Tidy rows and the summary's ``exponents`` from unit results (missing units are skipped)."""
+def base_rows(cfg: Any, results: dict[str, Any], ctx: Any) -> list[dict]:
+    """Tidy rows of the units of :func:`plan`: the infinite kernels, the eNTK at init and the
+    networks, as asked by ``cfg.methods`` (missing units are skipped)."""
     grid, n_max, w = cfg.data.n_grid(), cfg.data.n_max, cfg.arch.width
     rows: list[dict] = []
-    inf = infinite_result(cfg, n_max, results)
+    inf = infinite_result(cfg, n_max, results) if {"ntk", "nngp"} & set(cfg.methods) else None
     if inf is not None:
         for m in ("ntk", "nngp"):
             if m in cfg.methods:
@@ -181,7 +183,13 @@ def analyze(cfg: DataScalingConfig, results: dict[str, Any], ctx: Any) -> tuple[
             r = results.get(train_unit(cfg, n, i).key)
             if r is not None and "nn" in cfg.methods:
                 rows += nn_rows(cfg, "nn", r, n, i, w)
-    return rows, {"exponents": exponents(rows, cfg.fit, cfg.seed), "n_grid": grid}
+    return rows
+
+
+def analyze(cfg: DataScalingConfig, results: dict[str, Any], ctx: Any) -> tuple[list[dict], dict[str, Any]]:
+    """Tidy rows and the summary's ``exponents`` from unit results (missing units are skipped)."""
+    rows = base_rows(cfg, results, ctx)
+    return rows, {"exponents": exponents(rows, cfg.fit, cfg.seed), "n_grid": cfg.data.n_grid()}
 
 
 def figures(cfg: DataScalingConfig, rows: list[dict], summary: dict, out_dir) -> list:

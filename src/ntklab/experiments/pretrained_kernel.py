@@ -34,17 +34,10 @@ from typing import Any
 import numpy as np
 
 from ntklab.config import PretrainedKernelConfig
+from ntklab.experiments import data_scaling
 from ntklab.experiments.after_kernel import after_kernel_unit
 from ntklab.experiments.common import arch_label, regress_grid
-from ntklab.experiments.data_scaling import (
-    METRICS,
-    entk_unit,
-    infinite_result,
-    infinite_units,
-    kernel_rows,
-    nn_rows,
-    train_unit,
-)
+from ntklab.experiments.data_scaling import METRICS, entk_unit, kernel_rows
 from ntklab.experiments.tidy import exponents, row, rows_from
 from ntklab.kernels.metrics import kernel_distance
 from ntklab.run.units import Unit
@@ -70,19 +63,13 @@ def grow_unit(cfg: PretrainedKernelConfig, n: int, seed_index: int) -> Unit:
 
 
 def plan(cfg: PretrainedKernelConfig) -> list[Unit]:
-    """Every unit of the experiment (per repetition: eNTK, networks, after-kernels)."""
-    grid, n_max = cfg.data.n_grid(), cfg.data.n_max
-    units: list[Unit] = []
-    if {"ntk", "nngp"} & set(cfg.methods):
-        units += infinite_units(cfg, n_max)
+    """Every unit: data-scaling's (infinite kernels, eNTK at init, networks), then per
+    repetition the after-kernels."""
+    units = data_scaling.plan(cfg)
     for i in range(cfg.seeds):
-        if "entk" in cfg.methods:
-            units.append(entk_unit(cfg, n_max, i))
-        if "nn" in cfg.methods:
-            units += [train_unit(cfg, n, i) for n in grid]
         units += [fixed_unit(cfg, n0, i) for n0 in cfg.pretrained.n0]
         if cfg.pretrained.grow:
-            units += [grow_unit(cfg, n, i) for n in grid]
+            units += [grow_unit(cfg, n, i) for n in cfg.data.n_grid()]
     return units
 
 
@@ -109,22 +96,9 @@ def analyze(
     """Tidy rows and the summary (missing units are skipped)."""
     grid, n_max, w = cfg.data.n_grid(), cfg.data.n_max, cfg.arch.width
     q = min(MOVE_PROBE, n_max)
-    rows: list[dict] = []
-    if {"ntk", "nngp"} & set(cfg.methods):
-        inf = infinite_result(cfg, n_max, results)
-        if inf is not None:
-            for m in ("ntk", "nngp"):
-                if m in cfg.methods:
-                    rows += kernel_rows(cfg, ctx, m, inf[m], 0, 0, grid)
+    rows = data_scaling.base_rows(cfg, results, ctx)
     for i in range(cfg.seeds):
         init = results.get(entk_unit(cfg, n_max, i).key) if "entk" in cfg.methods else None
-        if init is not None:
-            rows += kernel_rows(cfg, ctx, "entk", init, i, w, grid)
-        if "nn" in cfg.methods:
-            for n in grid:
-                r = results.get(train_unit(cfg, n, i).key)
-                if r is not None:
-                    rows += nn_rows(cfg, "nn", r, n, i, w)
         for n0 in cfg.pretrained.n0:
             res = results.get(fixed_unit(cfg, n0, i).key)
             if res is None:
