@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ntklab.cli_explain import add_subcommands
+from ntklab.cli_explain import _positive_int, add_subcommands
 from ntklab.errors import NtkLabError
 
 
@@ -90,17 +90,6 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"{counts['done']} done, {counts['missing']} missing, {counts['failed']} failed (store {store.root})"
     )
     return 0
-
-
-def _positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}")
-    return value
 
 
 def _non_negative_float(text: str) -> float:

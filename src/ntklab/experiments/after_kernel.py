@@ -25,29 +25,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from ntklab.experiments.common import arch_reads, batch_seed, data_reads, init_model
-from ntklab.experiments.units import entk_kernel_fn, kernel_blocks
+from ntklab.experiments.common import arch_reads, data_reads
+from ntklab.experiments.units import entk_kernel_fn, kernel_blocks, train_on
 from ntklab.run.units import Unit
-from ntklab.train import evaluate, train
+from ntklab.train import evaluate
 
 FN = "ntklab.experiments.after_kernel:after_kernel"
 
 
 def pretrain(ctx: Any, n0: int, seed_index: int, steps: int, width: int | None = None) -> torch.nn.Module:
     """The network of repetition ``seed_index`` trained for ``steps`` steps on train[:n0]."""
-    s = ctx.splits
-    model = init_model(ctx, seed_index, width)
-    res = train(
-        model,
-        ctx.tensor(s.x_train[:n0]),
-        ctx.tensor(s.y_train[:n0]),
-        ctx.tensor(s.labels_train[:n0], torch.long),
-        ctx.cfg.train,
-        seed=batch_seed(ctx.cfg, seed_index, n0),
-        steps=steps,
-        progress=ctx.progress,
-    )
-    return res.model
+    return train_on(ctx, n0, seed_index, steps, width).model
 
 
 def after_kernel(

@@ -13,7 +13,7 @@ import torch
 
 from ntklab.experiments.common import batch_seed, build_spec, eval_points, init_model
 from ntklab.kernels import empirical_ntk
-from ntklab.train import evaluate, train
+from ntklab.train import TrainResult, evaluate, train
 
 
 def _budget(ctx: Any) -> int:
@@ -49,15 +49,14 @@ def entk_kernel_fn(ctx: Any, model: torch.nn.Module):
     return fn
 
 
-def train_network(
-    ctx: Any, n: int, seed_index: int, width: int | None = None, steps: int | None = None
-) -> dict[str, Any]:
-    """Train the network of repetition ``seed_index`` on the first n samples; test metrics."""
-    t0 = time.perf_counter()
+def train_on(
+    ctx: Any, n: int, seed_index: int, steps: int | None = None, width: int | None = None
+) -> TrainResult:
+    """The network of repetition ``seed_index`` trained on train[:n] for ``steps`` steps
+    (default: the config's length), with that repetition's init and batch order."""
     s = ctx.splits
-    model = init_model(ctx, seed_index, width)
-    res = train(
-        model,
+    return train(
+        init_model(ctx, seed_index, width),
         ctx.tensor(s.x_train[:n]),
         ctx.tensor(s.y_train[:n]),
         ctx.tensor(s.labels_train[:n], torch.long),
@@ -66,6 +65,15 @@ def train_network(
         steps=steps,
         progress=ctx.progress,
     )
+
+
+def train_network(
+    ctx: Any, n: int, seed_index: int, width: int | None = None, steps: int | None = None
+) -> dict[str, Any]:
+    """Train the network of repetition ``seed_index`` on the first n samples; test metrics."""
+    t0 = time.perf_counter()
+    s = ctx.splits
+    res = train_on(ctx, n, seed_index, steps, width)
     test = evaluate(
         res.model, ctx.tensor(s.x_test), ctx.tensor(s.y_test), ctx.tensor(s.labels_test, torch.long)
     )
