@@ -25,23 +25,17 @@ from ntklab.errors import ConfigError, DataError
 BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 
 
-@pytest.fixture(scope="module")
-def cifar_subset() -> Path:
-    """The shared real CIFAR-10 subset (``<repo>/../shared/data/cifar10-subset``)."""
-    root = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-subset"
-    if not (root / "cifar-10-batches-py" / "test_batch").is_file():
-        pytest.fail(f"shared CIFAR-10 subset not found at {root}")
-    return root
+@pytest.fixture
+def cifar_subset(cifar10) -> Path:
+    """The folder holding the test CIFAR-10's ``cifar-10-batches-py`` (written by conftest)."""
+    return cifar10.folder.parent
 
 
 @pytest.fixture
 def cifar_copy(cifar_subset: Path, tmp_path: Path) -> Path:
-    """A writable copy of the subset's ``cifar-10-batches-py`` folder."""
+    """A writable copy of the ``cifar-10-batches-py`` folder."""
     dst = tmp_path / "cifar-10-batches-py"
     shutil.copytree(cifar_subset / "cifar-10-batches-py", dst)
-    for f in dst.iterdir():
-        f.chmod(0o644)
-    dst.chmod(0o755)
     return dst
 
 
@@ -64,13 +58,13 @@ def write_mat(file: Path, x_hwcn: np.ndarray, y: np.ndarray) -> None:
 # ------------------------------------------------------------------------------ CIFAR-10
 
 
-def test_cifar10_real_subset_folder(cifar_subset: Path) -> None:
+def test_cifar10_official_folder(cifar_subset: Path, cifar10) -> None:
     folder = cifar_subset / "cifar-10-batches-py"
     for path in (folder, cifar_subset, str(folder)):
         ds = load_cifar10(path)
         assert ds.name == "cifar10"
-        assert ds.x_train.shape == (5000, 3, 32, 32)
-        assert ds.x_test.shape == (1000, 3, 32, 32)
+        assert ds.x_train.shape == (500, 3, 32, 32)
+        assert ds.x_test.shape == (200, 3, 32, 32)
         assert ds.x_train.dtype == ds.x_test.dtype == np.float32
         assert ds.y_train.dtype == ds.y_test.dtype == np.int64
         assert ds.num_classes == 10
@@ -78,25 +72,31 @@ def test_cifar10_real_subset_folder(cifar_subset: Path) -> None:
     raw_train = np.concatenate([np.asarray(b[b"labels"]) for b in raw])
     raw_test = np.asarray(raw_batch(folder, "test_batch")[b"labels"])
     np.testing.assert_array_equal(ds.y_train, raw_train)
-    np.testing.assert_array_equal(np.bincount(ds.y_train, minlength=10), np.bincount(raw_train))
-    np.testing.assert_array_equal(np.bincount(ds.y_test, minlength=10), np.bincount(raw_test))
+    np.testing.assert_array_equal(ds.y_test, raw_test)
+    np.testing.assert_array_equal(ds.y_train, cifar10.y_train)
+    np.testing.assert_array_equal(ds.x_train, cifar10.x_train / np.float32(255))
+    np.testing.assert_array_equal(ds.x_test, cifar10.x_test / np.float32(255))
     # Layout: 1024 R, 1024 G, 1024 B, each row-major 32x32; values / 255.
     first = raw[1][b"data"][0].reshape(3, 32, 32).astype(np.float32) / 255
-    np.testing.assert_array_equal(ds.x_train[1000], first)
+    np.testing.assert_array_equal(ds.x_train[100], first)
+    # Image 0 of data_batch_2 (file 1) starts its red plane with 1, 0, label 1; test image 3
+    # (file 5) with 5, 3, label (3*3 + 5) % 10 = 4.
+    assert ds.y_train[100] == 1 and ds.y_test[3] == 4
+    np.testing.assert_array_equal(np.rint(ds.x_train[100, 0, 0, :3] * 255), [1, 0, 1])
+    np.testing.assert_array_equal(np.rint(ds.x_test[3, 0, 0, :3] * 255), [5, 3, 4])
     assert ds.x_train.min() >= 0 and ds.x_train.max() <= 1
-    assert ds.y_test[0] == 3
-    assert ds.class_names is not None and ds.class_names[3] == "cat"
+    assert ds.class_names is not None and ds.class_names[4] == "deer"
     assert ds.class_names[0] == "airplane" and ds.class_names[9] == "truck"
 
 
 def test_cifar10_n_train_reads_only_needed_batches(cifar_copy: Path) -> None:
-    ds = load_cifar10(cifar_copy, n_train=1500)
-    assert ds.x_train.shape == (1500, 3, 32, 32)
-    assert ds.x_test.shape == (1000, 3, 32, 32)
-    # Batches 3..5 are not needed for 1500 images: deleting them changes nothing.
+    ds = load_cifar10(cifar_copy, n_train=150)
+    assert ds.x_train.shape == (150, 3, 32, 32)
+    assert ds.x_test.shape == (200, 3, 32, 32)
+    # Batches 3..5 (100 images each) are not needed for 150 images: deleting them changes nothing.
     for name in BATCHES[2:]:
         (cifar_copy / name).unlink()
-    again = load_cifar10(cifar_copy, n_train=1500)
+    again = load_cifar10(cifar_copy, n_train=150)
     np.testing.assert_array_equal(again.x_train, ds.x_train)
     with pytest.raises(DataError) as exc:
         load_cifar10(cifar_copy)
@@ -113,7 +113,7 @@ def test_cifar10_tar_gz(cifar_subset: Path, tmp_path: Path) -> None:
         np.testing.assert_array_equal(ds.x_train, from_dir.x_train)
         np.testing.assert_array_equal(ds.y_test, from_dir.y_test)
         assert ds.class_names == from_dir.class_names
-    assert load_cifar10(archive, n_train=1500).x_train.shape == (1500, 3, 32, 32)
+    assert load_cifar10(archive, n_train=150).x_train.shape == (150, 3, 32, 32)
     assert not (tmp_path / "cifar-10-batches-py").exists()  # nothing extracted
 
     truncated = tmp_path / "short" / "cifar-10-python.tar.gz"
@@ -139,7 +139,7 @@ def test_cifar10_truncated_batch(cifar_copy: Path) -> None:
         load_cifar10(cifar_copy)
     assert_one_sentence(exc, str(victim))
     assert "truncated" in str(exc.value)
-    assert load_cifar10(cifar_copy, n_train=1000).x_train.shape[0] == 1000
+    assert load_cifar10(cifar_copy, n_train=100).x_train.shape[0] == 100
 
 
 def test_cifar10_svhn_mat_given_as_cifar(cifar_copy: Path, tmp_path: Path) -> None:
@@ -200,8 +200,8 @@ class _Evil:
 
 def test_n_train_checks(cifar_subset: Path) -> None:
     with pytest.raises(DataError) as exc:
-        load_cifar10(cifar_subset, n_train=6000)
-    assert_one_sentence(exc, "6000")
+        load_cifar10(cifar_subset, n_train=501)
+    assert_one_sentence(exc, "501")
     for bad in (0, -3, 2.5, True):
         with pytest.raises(ConfigError):
             load_cifar10(cifar_subset, n_train=bad)  # type: ignore[arg-type]

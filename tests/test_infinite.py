@@ -1,6 +1,6 @@
 """Infinite-width NNGP/NTK (``ntklab.kernels.infinite``), each checked against an independent value.
 
-* neural-tangents 0.6.5 reference values (``shared/reference``), tight;
+* neural-tangents 0.6.5 reference values (``tests/data/reference``), tight;
 * a brute-force recursion on explicit position-position matrices, whose window/stride/padding
   operators are probed from the torch modules themselves (strides, XLA SAME, VALID, pooling,
   Flatten, Erf, no-bias and ``standard`` layers the reference does not cover), tight;
@@ -44,7 +44,7 @@ from ntklab.kernels import empirical_ntk
 from ntklab.kernels.infinite import kernel_fn
 from ntklab.kernels.precision import no_tf32
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+REFERENCE = Path(__file__).resolve().parent / "data" / "reference"
 F64 = torch.float64
 
 
@@ -72,7 +72,7 @@ def reference() -> tuple[dict[str, np.ndarray], dict]:
     npz, meta = REFERENCE / "ntk_reference.npz", REFERENCE / "ntk_reference.json"
     if not (npz.is_file() and meta.is_file()):
         pytest.fail(
-            f"reference kernels not found: expected {npz} and {meta} (the shared folder next to the repo)."
+            f"reference kernels not found: expected {npz} and {meta} (tests/data/reference)."
         )
     with np.load(npz) as data:
         arrays = {k: data[k] for k in data.files}
