@@ -85,20 +85,6 @@ LR_TRIES = 4  # train.lr, then lowered by LR_DECREASE up to 3 times
 LR_DECREASE = 0.25
 LR_GROWTH = 2.0  # a try is unstable when a loss exceeds this times its first
 FIGURES_PER_EXPERIMENT = {"data-scaling": 1, "pretrained-kernel": 2, "kernel-evolution": 4}
-FIXED_KEYS = (  # dotted keys the planner chooses unless the user set them
-    "seeds",
-    "train.steps",
-    "train.epochs",
-    "data.n_val",
-    "data.n_test",
-    "pretrained.n0",
-    "pretrained.grow",
-    "evolution.n",
-    "evolution.n_checkpoints",
-    "evolution.probe_train",
-    "evolution.probe_test",
-    "evolution.regress_n",
-)
 SECTIONS_OF = {"pretrained": "pretrained-kernel", "evolution": "kernel-evolution"}
 
 

@@ -20,7 +20,6 @@ within a batch are refused (:class:`ntklab.kernels.capture.ModelError`).
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -46,7 +45,6 @@ __all__ = [
     "iter_row_blocks",
     "kernel_matmul",
     "load_kernel",
-    "n_tiles",
     "read_block",
 ]
 
@@ -146,8 +144,3 @@ def empirical_ntk_to_disk(
     res = empirical_ntk(model, x1, x2, mode, output_index, out=out, **kwargs)
     assert isinstance(res, np.memmap)
     return res
-
-
-def n_tiles(n: int, tile: int) -> int:
-    """Number of tiles of size ``tile`` covering ``n`` samples."""
-    return math.ceil(n / tile)

@@ -49,14 +49,6 @@ def contract_into(acc: torch.Tensor, j1: torch.Tensor, j2: torch.Tensor, mode: s
     acc.add_(g, alpha=1.0 / n_outputs if mode == "trace" else 1.0)
 
 
-def contract(j1: torch.Tensor, j2: torch.Tensor, mode: str, n_outputs: int) -> torch.Tensor:
-    """eNTK block of two per-sample Jacobians -> float64 (b1, b2) or (b1, b2, C, C)."""
-    shape = (j1.shape[0], j2.shape[0], n_outputs, n_outputs) if mode == "full" else (j1.shape[0], j2.shape[0])
-    acc = torch.zeros(shape, dtype=torch.float64, device=j1.device)
-    contract_into(acc, j1, j2, mode, n_outputs)
-    return acc
-
-
 def per_sample_jacobian(
     model: nn.Module,
     x: torch.Tensor,

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
-
 from ntklab.errors import ConfigError
 
 Mode = Literal["full", "trace", "logit-sum", "single"]
@@ -32,30 +30,6 @@ def check_mode(mode: str, output_index: int | None, n_outputs: int) -> None:
             raise ConfigError(
                 f"eNTK mode 'single' needs output_index in 0..{n_outputs - 1}; got {output_index!r}."
             )
-
-
-def reduce_outputs(j: torch.Tensor, mode: str, output_index: int | None) -> torch.Tensor:
-    """Reduce the output axis where the mode allows it before contracting: (b, C, p) -> (b, p)."""
-    if mode == "logit-sum":
-        return j.sum(1)
-    if mode == "single":
-        return j[:, output_index]
-    return j
-
-
-def contract(j1: torch.Tensor, j2: torch.Tensor, mode: str) -> torch.Tensor:
-    """Contract (already reduced) Jacobian blocks into the eNTK block of ``mode``.
-
-    ``j1`` (b1, C, p) or (b1, p); same for ``j2``. Works in the blocks' dtype.
-    """
-    if mode in ("logit-sum", "single"):
-        return j1 @ j2.T
-    if mode == "trace":
-        # (C, b1, p) @ (C, p, b2) summed over C
-        return torch.bmm(j1.transpose(0, 1), j2.permute(1, 2, 0)).sum(0) / j1.shape[1]
-    b1, c, p = j1.shape
-    b2 = j2.shape[0]
-    return (j1.reshape(b1 * c, p) @ j2.reshape(b2 * c, p).T).reshape(b1, c, b2, c).permute(0, 2, 1, 3)
 
 
 def output_shape(n1: int, n2: int, mode: str, n_outputs: int) -> tuple[int, ...]:

@@ -127,14 +127,3 @@ def gram_accumulate(
             else:  # fp32 product, then one fp64 accumulation (mixed-dtype addcmul_ is slow)
                 g.mul_(gp)
                 dst.add_(g if t == 1 else g.view(r, t, s, t).sum(3).sum(1), alpha=scale)
-
-
-def gram_block(
-    lp: LayerPlan, f1: Factors, f2: Factors, mode: str, n_outputs: int, max_elems: int = 2**24
-) -> torch.Tensor:
-    """Θ_l between two batches -> float64 (b1, b2) or (b1, b2, C, C) (see :func:`gram_accumulate`)."""
-    b1, b2, c = f1.d.shape[0], f2.d.shape[0], n_outputs
-    shape = (b1, b2, c, c) if mode == "full" else (b1, b2)
-    acc = torch.zeros(shape, dtype=torch.float64, device=f1.d.device)
-    gram_accumulate(acc, lp, f1, f2, mode, n_outputs, max_elems)
-    return acc
