@@ -1,7 +1,7 @@
 """Empirical NTK: every implementation and mode against brute-force autograd Jacobians.
 
 Brute force: for each sample and each output, ``torch.autograd.grad`` of that one scalar with
-respect to the differentiated parameters (float64 models), then the DESIGN.md modes as plain
+respect to the differentiated parameters (float64 models), then the docs/design.md modes as plain
 sums. Everything else — tiling, symmetry, memmap output, frozen parameters, refusals — is
 checked against that or against the in-memory result.
 """
@@ -75,7 +75,7 @@ def brute_jacobian(model: nn.Module, x: torch.Tensor, skip: tuple[str, ...] = ()
 
 
 def brute_ntk(j1: torch.Tensor, j2: torch.Tensor, mode: str, index: int = 1) -> torch.Tensor:
-    """DESIGN.md modes from Jacobians (n, C, P)."""
+    """docs/design.md modes from Jacobians (n, C, P)."""
     full = torch.einsum("acp,bdp->abcd", j1, j2)
     if mode == "full":
         return full

@@ -1,6 +1,6 @@
 """Kernel ridge regression in float64 on a precomputed kernel.
 
-f̂(x) = K(x, X) (K(X, X) + λ·(tr K / n)·I)⁻¹ Y   (DESIGN.md)
+f̂(x) = K(x, X) (K(X, X) + λ·(tr K / n)·I)⁻¹ Y   (docs/design.md)
 
 Two exact solvers serve a grid of ridges λ:
 

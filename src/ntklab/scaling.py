@@ -2,7 +2,7 @@
 
 log L = log a − α log n (least squares), or L = a·n^(−α) + c with ``offset=True``.
 The confidence interval resamples seeds (for each n, the loss is averaged over a resample of
-seeds) and points (the n values), refits, and takes percentiles of α (DESIGN.md).
+seeds) and points (the n values), refits, and takes percentiles of α (docs/design.md).
 """
 
 from __future__ import annotations

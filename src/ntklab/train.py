@@ -1,6 +1,6 @@
 """Network training: SGD (momentum) or Adam, MSE or cross-entropy, LR schedules, checkpoints.
 
-The MSE loss is DESIGN.md's metric: the mean over samples of the squared error summed over
+The MSE loss is the metric of docs/design.md: the mean over samples of the squared error summed over
 outputs, so the network and kernel regression minimise the same quantity.
 """
 
@@ -52,7 +52,7 @@ def zero_one(pred: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def loss_fn(kind: str, pred: torch.Tensor, target: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Training loss: DESIGN's MSE or cross-entropy on the labels (binary: logistic)."""
+    """Training loss: the MSE of docs/design.md or cross-entropy on the labels (binary: logistic)."""
     if kind == "mse":
         return mse(pred, target)
     if pred.shape[1] == 1:
@@ -179,7 +179,7 @@ def train(
 def evaluate(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor, batch: int = 4096
 ) -> dict[str, float]:
-    """Test MSE (DESIGN metric) and 0-1 error of ``model`` on (x, y, labels)."""
+    """Test MSE (docs/design.md) and 0-1 error of ``model`` on (x, y, labels)."""
     model.eval()
     pred = torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)]).double()
     return {"mse": mse(pred, y.double()).item(), "error": zero_one(pred, labels).item()}

@@ -1,6 +1,6 @@
 """Layer dictionaries (the config format) <-> layer objects.
 
-Format (DESIGN / spine contract)::
+Format::
 
     {"layer": "Dense", "width": 512, "W_std": 1.5, "b_std": 0.05, "parameterization": "ntk"}
     {"layer": "Conv", "width": 64, "kernel_size": [3, 3], "stride": [1, 1], "padding": "SAME",

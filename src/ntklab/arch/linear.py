@@ -1,4 +1,4 @@
-"""Dense and Conv layers in ``ntk`` and ``standard`` parameterization (DESIGN.md).
+"""Dense and Conv layers in ``ntk`` and ``standard`` parameterization (docs/design.md).
 
 ``ntk``:      W, b ~ N(0, 1);  y = (W_std / sqrt(fan_in)) · W x + b_std · b
 ``standard``: W ~ N(0, W_std² / fan_in), b ~ N(0, b_std²);  y = W x + b

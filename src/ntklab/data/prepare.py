@@ -1,6 +1,6 @@
 """From a raw dataset to the arrays every experiment uses.
 
-Rules (DESIGN.md conventions):
+Rules (docs/design.md conventions):
 
 * the test set is fixed: the first ``n_test`` of the dataset's own test split;
 * the training pool is permuted once (``data.seed``); the validation split is the first

@@ -57,7 +57,7 @@ def train_with_checkpoints(ctx: Any, seed_index: int, n: int, checkpoint_steps: 
         ``steps`` (list of int), ``epochs`` (list of float, epochs = step · min(B, n) / n),
         ``states`` {step: {name: ndarray}} (the ``state_dict`` before the update of that step;
         the last is the trained network), ``nn`` {step: {test_mse, test_error, train_mse,
-        train_error}} (DESIGN's MSE and 0-1 error of the network at that step, on the full test
+        train_error}} (docs/design.md's MSE and 0-1 error of the network at that step, on the full test
         set and on its n training points), ``history`` (training-loss log), ``total_steps``,
         ``batch_size``, ``n``, ``seconds``.
     """

@@ -13,7 +13,7 @@ unit per checkpoint rebuilds the network there and computes its eNTK K_t
 * e_t = t · min(B, n) / n, epochs completed after t steps (B the batch size);
 * probe kernel P_t: K_t on the first ``probe_train`` training and first ``probe_test`` test
   points;
-* distance to init S(P_0, P_t), S(K₁, K₂) = 1 − ⟨K₁, K₂⟩_F / (‖K₁‖_F ‖K₂‖_F) (DESIGN.md);
+* distance to init S(P_0, P_t), S(K₁, K₂) = 1 − ⟨K₁, K₂⟩_F / (‖K₁‖_F ‖K₂‖_F) (docs/design.md);
 * velocity between consecutive checkpoints v(t_i) = S(P_{t_i}, P_{t_{i+1}}) / (e_{t_{i+1}} − e_{t_i})
   (per epoch; the tidy row carries step t_i, the start of the interval), and the angular
   velocity ω(t_i) = arccos(1 − S(P_{t_i}, P_{t_{i+1}})) / (e_{t_{i+1}} − e_{t_i}) (see

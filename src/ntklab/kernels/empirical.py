@@ -1,6 +1,6 @@
 """Empirical NTK of any ``nn.Module``, tiled under a memory budget, accumulated in float64.
 
-Θ(x, x') = Σ_p ∂f(x)/∂θ_p · ∂f(x')/∂θ_p over all differentiated parameters (DESIGN.md), with
+Θ(x, x') = Σ_p ∂f(x)/∂θ_p · ∂f(x')/∂θ_p over all differentiated parameters (docs/design.md), with
 the output modes of :mod:`ntklab.kernels.modes`. Three exact implementations sit behind
 :func:`empirical_ntk`, chosen by a cost estimate (:mod:`ntklab.kernels.tiling`):
 

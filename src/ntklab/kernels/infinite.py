@@ -1,7 +1,7 @@
 """Infinite-width NNGP and NTK of an architecture spec, tiled under a memory budget.
 
 The recursions are neural-tangents' (``stax``, v0.6.5; Novak et al. 2020, arXiv:1912.02803)
-for both the ``ntk`` and the ``standard`` parameterization (DESIGN.md); the per-layer maps live
+for both the ``ntk`` and the ``standard`` parameterization (docs/design.md); the per-layer maps live
 in :mod:`ntklab.kernels.infinite_layers` and are re-exported here, where each layer's
 ``kernel_map`` finds them (``infinite.dense``, ``infinite.conv``, ``infinite.relu``, ...).
 
@@ -249,7 +249,7 @@ def kernel_fn(
     """Infinite-width NNGP and NTK of ``spec`` between ``x1`` and ``x2``.
 
     The recursion of neural-tangents' ``stax`` ``kernel_fn(x1, x2, get)`` for every layer of
-    the spec, in the layer's parameterization (``ntk`` or ``standard``, DESIGN.md). A readout
+    the spec, in the layer's parameterization (``ntk`` or ``standard``, docs/design.md). A readout
     with k outputs has the same kernel for every output, so kernels are (n1, n2).
 
     Parameters

@@ -8,7 +8,7 @@ Position-pair arrays use the *blocked* layout: a kernel between inputs with spat
 covariance of position ``(h, w)`` of input ``a`` with position ``(h', w')`` of input ``b``
 (neural-tangents stores the same numbers interleaved, ``(..., H, H', W, W')``).
 
-Conventions (neural-tangents 0.6.5, Novak et al. 2020, arXiv:1912.02803; DESIGN.md):
+Conventions (neural-tangents 0.6.5, Novak et al. 2020, arXiv:1912.02803; docs/design.md):
 
 * ``ntk`` parameterization, Dense/Conv with ``A`` the (diagonal) window average::
 

@@ -10,7 +10,7 @@ matmul per recognised layer and cotangent — and, for the remaining parameters,
 * ``logit-sum``/``single``: Θ = J1 J2ᵀ            with J (b, P)             -> (b1, b2)
 * ``full``:              Θ[a, b, c, d] = Σ_p J1[a, c, p] J2[b, d, p]          -> (b1, b2, C, C)
 
-(DESIGN.md conventions), one GEMM in the model's dtype per block, returned in float64 and
+(docs/design.md conventions), one GEMM in the model's dtype per block, returned in float64 and
 accumulated across blocks in float64 by the caller.
 
 Cost per block: 2·b1·b2·C'·P flops (``full``: 2·b1·b2·C²·P); building J costs

@@ -1,4 +1,4 @@
-"""Kernel comparisons (DESIGN.md definitions), float64, on (n, n) kernel matrices.
+"""Kernel comparisons (docs/design.md definitions), float64, on (n, n) kernel matrices.
 
 * distance (Fort et al. 2020): S(K₁, K₂) = 1 − ⟨K₁, K₂⟩_F / (‖K₁‖_F ‖K₂‖_F)
 * velocity: v(t) = S(K_t, K_{t+dt}) / dt, dt in epochs

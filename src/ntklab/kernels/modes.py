@@ -1,4 +1,4 @@
-"""Output modes of the empirical NTK (DESIGN.md) as contractions of Jacobian blocks.
+"""Output modes of the empirical NTK (docs/design.md) as contractions of Jacobian blocks.
 
 Given Jacobian blocks J1 (b1, C, p) and J2 (b2, C, p) of the outputs with respect to one
 chunk of p parameters, the eNTK contribution of that chunk is

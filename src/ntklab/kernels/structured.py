@@ -6,7 +6,7 @@ gradient is ``w_s Σ_t δ_c[t] ⊗ a[t]``, so its eNTK contribution between samp
 
     Θ_l(x, x')_{cd} = Σ_{t, t'} (w_s² a[t]·a'[t'] + b_s²) · (δ_c[t]·δ'_d[t'])
 
-with ``δ_c = ∂f_c/∂y`` (DESIGN.md eNTK, summed over the layer's parameters). In ``trace``
+with ``δ_c = ∂f_c/∂y`` (docs/design.md eNTK, summed over the layer's parameters). In ``trace``
 mode Σ_c δ_c[t]·δ'_c[t'] / C is one Gram over the stacked (C·O) gradients; for an MLP layer
 (T = 1) this is
 

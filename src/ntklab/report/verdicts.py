@@ -5,7 +5,7 @@ Every sentence states the measured numbers it rests on, formatted by :func:`fmt_
 test, finds in the text exactly the values of the summary rounded for display).
 
 Two scaling exponents are compared through their bootstrap confidence intervals
-(:mod:`ntklab.scaling`, DESIGN.md): disjoint intervals mean one law is steeper than the other;
+(:mod:`ntklab.scaling`, docs/design.md): disjoint intervals mean one law is steeper than the other;
 overlapping intervals mean the two are *not distinguishable at this n range*, which is a
 statement about the measurement, not evidence that they are equal.
 
