@@ -71,9 +71,7 @@ def rel_err(got: torch.Tensor | np.ndarray, want: torch.Tensor | np.ndarray) -> 
 def reference() -> tuple[dict[str, np.ndarray], dict]:
     npz, meta = REFERENCE / "ntk_reference.npz", REFERENCE / "ntk_reference.json"
     if not (npz.is_file() and meta.is_file()):
-        pytest.fail(
-            f"reference kernels not found: expected {npz} and {meta} (tests/data/reference)."
-        )
+        pytest.fail(f"reference kernels not found: expected {npz} and {meta} (tests/data/reference).")
     with np.load(npz) as data:
         arrays = {k: data[k] for k in data.files}
     return arrays, json.loads(meta.read_text())
