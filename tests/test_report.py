@@ -17,7 +17,7 @@ import pytest  # noqa: E402
 from ntklab.errors import NtkLabError, RunDirError  # noqa: E402
 from ntklab.report.html import render_html, write_report  # noqa: E402
 from ntklab.report.markdown import collect, render_markdown  # noqa: E402
-from ntklab.report.verdicts import fmt_alpha, fmt_exp, fmt_num, method_label, verdicts  # noqa: E402
+from ntklab.report.verdicts import Verdict, fmt_alpha, fmt_exp, fmt_num, method_label, verdicts  # noqa: E402
 
 
 def exp(alpha: float, lo: float, hi: float, a: float = 1.5) -> dict[str, float]:
@@ -50,7 +50,26 @@ EVOLUTION = {
     "experiment": "kernel-evolution",
     "exponents": {},
     "evolution": {
-        "velocity_above_10pct_of_peak_fraction": 0.62,
+        "verdict": "keeps-moving",
+        "verdict_half_resolution": "keeps-moving",
+        "total_angle": 0.62,
+        "angular_speed_first_half": 0.012,
+        "angular_speed_second_half": 0.003,
+        "second_over_first_half": 0.25,
+        "lazy_angle": 0.1,
+        "keeps_moving_ratio": 0.1,
+        "decade_turn_ratio": 0.5,
+        "last_decade_over_max_decade": 0.8,
+        "decade_angles": [
+            {"from_step": 4, "to_step": 40, "from_epoch": 0.125, "to_epoch": 1.25, "angle": 0.2},
+            {"from_step": 40, "to_step": 400, "from_epoch": 1.25, "to_epoch": 12.5, "angle": 0.25},
+            {"from_step": 400, "to_step": 4000, "from_epoch": 12.5, "to_epoch": 125.0, "angle": 0.2},
+        ],
+        "kt_grid": [64, 128, 256],
+        "kt_exponents": [
+            {"step": 0, "epoch": 0.0, "alpha": 0.21, "ci_low": 0.18, "ci_high": 0.24},
+            {"step": 4000, "epoch": 125.0, "alpha": 0.35, "ci_low": 0.3, "ci_high": 0.4},
+        ],
         "final_distance_to_init": 0.31,
         "initial_alignment": 0.11,
         "final_alignment": 0.52,
@@ -128,15 +147,33 @@ def test_pretrained_verdicts_compare_after_kernel_with_init_and_network() -> Non
 
 
 def test_evolution_verdicts_state_the_numbers() -> None:
-    vs = verdicts(EVOLUTION)
-    assert vs[0].status == "does-not-explain" and "62%" in vs[0].text and "S = 0.31" in vs[0].text
-    assert "0.52" in vs[1].text and "0.11" in vs[1].text
-    assert "0.61" in vs[2].text and "0.55" in vs[2].text and vs[2].status == "does-not-explain"
-    settled = {
-        **EVOLUTION,
-        "evolution": {**EVOLUTION["evolution"], "velocity_above_10pct_of_peak_fraction": 0.1},
-    }
-    assert verdicts(settled)[0].status == "explains"
+    vs = {v.finding: v for v in verdicts(EVOLUTION)}
+    motion = vs["does the eNTK keep moving?"]
+    assert motion.status == "does-not-explain" and motion.text.startswith("The kernel keeps moving")
+    assert "Θ = 0.62 rad" in motion.text and "25% of the first" in motion.text
+    assert "80% as far as the largest" in motion.text and "keeps turning" in motion.text
+    exponent = vs["data scaling of K_t during training"]
+    assert "α = 0.350 [0.300, 0.400]" in exponent.text and "α = 0.210 [0.180, 0.240]" in exponent.text
+    assert "scales better after training" in exponent.text
+    assert "0.52" in vs["kernel-target alignment"].text and "0.11" in vs["kernel-target alignment"].text
+    final = vs["regression with the final eNTK"]
+    assert "0.61" in final.text and "0.55" in final.text and final.status == "does-not-explain"
+    assert vs["network vs its linearization"].status == "info"  # network 0.55 below eNTK at init 0.81
+
+    def motion_of(**ev: object) -> Verdict:
+        return verdicts({**EVOLUTION, "evolution": {**EVOLUTION["evolution"], **ev}})[1]
+
+    settled = motion_of(verdict="settles", second_over_first_half=0.05, last_decade_over_max_decade=0.2)
+    assert settled.status == "explains" and "settles on a linear time axis" in settled.text
+    assert "slows on a logarithmic time axis too" in settled.text
+    still = motion_of(
+        verdict="settles", last_decade_over_max_decade=0.9, verdict_half_resolution="keeps-moving"
+    )
+    assert still.status == "info" and "keeps turning" in still.text and "near a threshold" in still.text
+    lazy = motion_of(verdict="barely-moves", total_angle=0.02)
+    assert lazy.status == "explains" and "barely moves (lazy regime)" in lazy.text and "0.02 rad" in lazy.text
+    under = {**EVOLUTION, "evolution": {**EVOLUTION["evolution"], "nn_test_loss_final": 0.9}}
+    assert verdicts(under)[0].status == "does-not-explain" and "under-trained" in verdicts(under)[0].text
     assert verdicts({"experiment": "kernel-evolution", "evolution": {}})[0].text.startswith("No verdict")
 
 
@@ -230,7 +267,8 @@ def test_explain_folder_report_has_every_experiment(tmp_path: Path) -> None:
     for title in ("Data scaling", "Pre-trained kernel", "Kernel evolution"):
         assert f"## {title}" in md
     assert "(data-scaling/scaling.png)" in md and "(kernel-evolution/evolution.png)" in md
-    assert "| velocity_above_10pct_of_peak_fraction | 0.62 |" in md
+    assert "| total_angle | 0.62 |" in md and "| verdict | keeps-moving |" in md
+    assert "| kt_alpha step 4000 (epoch 125) | 0.350 [0.300, 0.400] |" in md
     assert "2 unit(s) skipped" in md
     assert "after_kernel@n0=128" in table_rows(md)
     html = html_path.read_text()

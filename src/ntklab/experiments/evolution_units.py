@@ -3,8 +3,9 @@
 Two kinds of unit, so that re-analysis and new metrics never retrain:
 
 * :func:`train_with_checkpoints` trains the network of one repetition once on the first n
-  training points and returns the ``state_dict`` (as NumPy arrays) at every checkpoint step,
-  with the network's own test and train metrics there (computed in ``on_checkpoint``).
+  training points of the repetition's own draw of the pool (``ctx.seed_splits``) and returns
+  the ``state_dict`` (as NumPy arrays) at every checkpoint step, with the network's own test
+  and train metrics there (computed in ``on_checkpoint``).
 * :func:`kernels_at_checkpoint` rebuilds the network of one checkpoint from the stored
   ``state_dict`` and computes its eNTK K_t on the probe and regression points.
 
@@ -49,7 +50,7 @@ def check_probe(ctx: Any) -> None:
 
 
 def train_with_checkpoints(ctx: Any, seed_index: int, n: int, checkpoint_steps: list[int]) -> dict[str, Any]:
-    """Train repetition ``seed_index`` on the first n training points, keeping checkpoints.
+    """Train repetition ``seed_index`` on its first n training points, keeping checkpoints.
 
     Returns
     -------
@@ -63,7 +64,7 @@ def train_with_checkpoints(ctx: Any, seed_index: int, n: int, checkpoint_steps: 
     """
     check_probe(ctx)
     t0 = time.perf_counter()
-    s, cfg = ctx.splits, ctx.cfg
+    s, cfg = ctx.seed_splits(seed_index), ctx.cfg
     x, y = ctx.tensor(s.x_train[:n]), ctx.tensor(s.y_train[:n])
     labels = ctx.tensor(s.labels_train[:n], torch.long)
     xt, yt, lt = _test_tensors(ctx)
@@ -120,14 +121,16 @@ def rebuild_model(ctx: Any, seed_index: int, state: dict[str, np.ndarray]) -> nn
     return model.eval()
 
 
-def checkpoint_kernels(ctx: Any, model: nn.Module, n_train: int, probe_test: int) -> dict[str, np.ndarray]:
+def checkpoint_kernels(
+    ctx: Any, model: nn.Module, seed_index: int, n_train: int, probe_test: int
+) -> dict[str, np.ndarray]:
     """The eNTK blocks ``train`` (N, N), ``cross`` (V + T, N), ``probe_test`` (P_te, P_te), float64.
 
-    N = ``n_train`` first training points; the cross rows are the validation then test points
+    N = ``n_train`` first training points of repetition ``seed_index``; the cross rows are the validation then test points
     (:func:`~ntklab.experiments.common.eval_points`); ``probe_test`` is on the first
     ``probe_test`` test points. Uses the run's eNTK mode and memory budget.
     """
-    s = ctx.splits
+    s = ctx.seed_splits(seed_index)
     fn = entk_kernel_fn(ctx, model)
     xt = ctx.tensor(s.x_train[:n_train])
     return {
@@ -176,5 +179,5 @@ def kernels_at_checkpoint(
     if step not in trained["states"]:
         raise RuntimeError(f"the training run of seed {seed_index} has no checkpoint at step {step}")
     model = rebuild_model(ctx, seed_index, trained["states"][step])
-    blocks = checkpoint_kernels(ctx, model, n_train, probe_test)
+    blocks = checkpoint_kernels(ctx, model, seed_index, n_train, probe_test)
     return {"step": step, "blocks": blocks, "seconds": time.perf_counter() - t0}

@@ -3,41 +3,74 @@
 The paper's fourth finding (Vyas, Bansal & Nakkiran 2022): the eNTK keeps moving for most of
 training, against the claim (Fort et al. 2020) that it settles within a few epochs.
 
-Per repetition, one training unit trains the network on the first n = ``evolution.n`` training
-points and stores its ``state_dict`` at checkpoint steps t_0 = 0 < t_1 < … < t_m = end
-(log-spaced, or ``evolution.checkpoint_steps``; with ``train.schedule = "step"`` each LR
-milestone and the steps ``milestone_window``·total before and after it are added). One kernel
-unit per checkpoint rebuilds the network there and computes its eNTK K_t
-(:mod:`ntklab.experiments.evolution_units`). The analysis then needs no training:
+Per repetition, one training unit trains the network on the first n = ``evolution.n`` points of
+the repetition's own draw of the training pool (:meth:`~ntklab.run.context.RunContext.seed_splits`)
+for a fixed length T (steps), and stores its ``state_dict`` at the checkpoints:
 
-* e_t = t · min(B, n) / n, epochs completed after t steps (B the batch size);
-* probe kernel P_t: K_t on the first ``probe_train`` training and first ``probe_test`` test
-  points;
-* distance to init S(P_0, P_t), S(K₁, K₂) = 1 − ⟨K₁, K₂⟩_F / (‖K₁‖_F ‖K₂‖_F) (docs/design.md);
-* velocity between consecutive checkpoints v(t_i) = S(P_{t_i}, P_{t_{i+1}}) / (e_{t_{i+1}} − e_{t_i})
-  (per epoch; the tidy row carries step t_i, the start of the interval), and the angular
-  velocity ω(t_i) = arccos(1 − S(P_{t_i}, P_{t_{i+1}})) / (e_{t_{i+1}} − e_{t_i}) (see
-  :func:`angular_velocities`: S is second order in small changes, so v depends on the interval
-  length and ω does not);
+* the **grid**: ``n_checkpoints`` steps evenly spaced over [0, T] (m = n_checkpoints − 1 equal
+  intervals of Δ = T / m steps);
+* the **decades**: T/10^k for k = 1 … ``decades`` (a denser early set, on a log axis);
+* ``checkpoint_steps`` (extra) and, with ``train.schedule = "step"``, each LR milestone t_m and
+  t_m ± δ, δ = round(``milestone_window`` · T).
+
+One kernel unit per checkpoint rebuilds the network there and computes its eNTK K_t
+(:mod:`ntklab.experiments.evolution_units`). The analysis then needs no training. Time is in
+epochs, e_t = t · min(B, n) / n. Kernels are compared on the probe set P_t (K_t on the first
+``probe_train`` training and first ``probe_test`` test points).
+
+Kernel motion
+-------------
+* angle θ(K, K') = arccos(⟨K, K'⟩_F / (‖K‖_F ‖K'‖_F)) (:func:`~ntklab.kernels.metrics.kernel_angle`).
+  Fort et al.'s distance S = 1 − cos θ ≈ θ²/2 is second order in a small change, so S/dt grows
+  with the interval length and log-spaced checkpoints make late intervals look fast; θ is first
+  order. S(P_0, P_t) is still reported (``distance_to_init``).
+* angular velocity ω_i = θ(P_{t_i}, P_{t_{i+1}}) / (e_{i+1} − e_i), rad/epoch, **only on the grid**:
+  over short intervals SGD noise alone turns the kernel by ∝ √dt, so ω over a short interval reads
+  higher than over a long one at the same drift; intervals of one length are comparable.
+* half speeds ω̄₁, ω̄₂: the angle turned per epoch over the first and the last ⌊m/2⌋ grid
+  intervals (Σθ_i / Σdt_i). For a smooth path they do not depend on Δ (angles along it add up),
+  so the trajectory sampled every Δ or every 2Δ gives the same ω̄ and the same verdict
+  (``verdict_half_resolution`` re-reads the run on every second grid checkpoint).
+* total angle Θ = θ(P_0, P_T), which does not depend on the checkpoints at all; ``path_angle``
+  = Σθ_i over the grid (≥ Θ; it grows with the resolution when noise turns the kernel back and
+  forth).
+* decade angles: θ(P_t, P_{10t}) for t = T/10^k, k = ``decades`` … 1 — how far the kernel turns
+  in each decade of training. A kernel can settle on a linear time axis (ω̄₂ ≪ ω̄₁) and still
+  turn as far in the last decade as in the early ones; ``last_decade_over_max_decade`` is the
+  last decade's angle over the largest.
+
+Verdict (``evolution.verdict``), from the seed means of Θ, ω̄₁, ω̄₂:
+
+* ``"barely-moves"`` (lazy regime) when Θ < ``LAZY_ANGLE`` = 0.1 rad: the normalized kernel
+  changes by ‖K̂_T − K̂_0‖_F = 2 sin(Θ/2) < 10 % over all of training (S < 0.005);
+* else ``"keeps-moving"`` when ω̄₂ / ω̄₁ ≥ ``KEEPS_MOVING`` = 0.1: the kernel turns at least a
+  tenth as fast in the second half of training as in the first. With a cosine schedule the
+  second half has 0.22 of the first half's summed learning rate, so a kernel that moves in step
+  with the optimizer reads "keeps moving", and one whose speed falls 30× (Fort et al.'s
+  "settles within a few epochs") does not;
+* else ``"settles"`` — on a linear time axis; the verdict sentence adds the decade reading (the
+  last decade turning at least ``DECADE_TURN`` = half as far as the largest decade is "still
+  turning on a log axis").
+
+Other per-checkpoint quantities
+-------------------------------
 * centered kernel–target alignment of P_t on the probe training points with their targets;
-* spectrum of P_t: top eigenvalues λ_1 ≥ λ_2 ≥ …, effective rank (Σλ)² / Σλ², and the kernel
-  scale tr P_t / m;
-* kernel regression with K_t as a fixed kernel on the first ``regress_n`` training points (ridge
-  chosen on the validation split, as in data-scaling), test MSE and 0-1 error — next to the
-  network's own test MSE and error at t on the same test set.
+* spectrum of P_t: top eigenvalues λ_1 ≥ λ_2 ≥ …, effective rank (Σλ)² / Σλ², scale tr P_t / m;
+* kernel regression with K_t as a fixed kernel on the first n training points for every n of the
+  ``kt`` grid (the data grid below ``regress_n``, and regress_n; ridge chosen on the validation
+  split as in data-scaling): test MSE and 0-1 error at each n, and the paper's own measure, the
+  exponent α(t) of L ≈ a n^(−α) (metric ``fit.metric``) with a bootstrap CI
+  (``evolution.kt_exponents``: one {"step", "epoch", "alpha", "ci_low", "ci_high"} per
+  checkpoint); next to the network's own test MSE and error at t on the same test set.
 
-Summary ``evolution`` also has ``distance_epoch1_to_final`` = S(P_{t_j}, P_{t_m}) with t_j the
-first checkpoint at ≥ 1 epoch: how far the kernel still moves after the first epoch (≈ 0 if it
-settled early, the claim of Fort et al.). ``velocity_above_10pct_of_peak_fraction`` is the fraction of training,
-measured in epochs, covered by the checkpoint intervals whose velocity is at least 10% of the
-peak velocity: Σ_{i: v_i ≥ 0.1 max v} (e_{i+1} − e_i) / e_m. Velocities are averages over the
-intervals, so the fraction depends on the checkpoint resolution; the ``angular_velocity_*``
-variant is the same with ω.
+The network regresses Y as f − f₀ (``train.center_output``), so K_t regression on Y is the same
+convention. The summary records the network's final train loss (MSE on its n points) and steps.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,13 +80,18 @@ from ntklab.config import KernelEvolutionConfig
 from ntklab.experiments.common import arch_label, arch_reads, data_reads, regress_grid
 from ntklab.experiments.evolution_units import probe_kernel
 from ntklab.experiments.tidy import row
-from ntklab.kernels.metrics import alignment, kernel_distance, kernel_velocity, spectrum
+from ntklab.kernels.metrics import alignment, kernel_angle, kernel_distance, spectrum
 from ntklab.run.units import Unit
-from ntklab.train import log_spaced_steps, steps_to_epochs
+from ntklab.scaling import fit_with_ci
+from ntklab.train import steps_to_epochs
 
 NAME = "kernel-evolution"
 U = "ntklab.experiments.evolution_units"
-PEAK_FRACTION = 0.1  # "velocity above 10% of its peak"
+UNIT_VERSION = 2  # 2: each repetition trains on its own draw of the training pool
+LAZY_ANGLE = 0.1  # rad: total angle below this reads "barely-moves"
+KEEPS_MOVING = 0.1  # second-half over first-half angular speed at or above this: "keeps-moving"
+DECADE_TURN = 0.5  # last decade's angle at least this fraction of the largest: "still turning"
+VERDICTS = ("barely-moves", "settles", "keeps-moving")
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -84,28 +122,39 @@ def milestone_steps(cfg: KernelEvolutionConfig) -> list[int]:
     return sorted({t for _, t in milestones(cfg)})
 
 
-def checkpoint_steps(cfg: KernelEvolutionConfig) -> list[int]:
-    """Checkpoint steps: 0, the end, log-spaced (or explicit) steps, and LR-milestone steps.
+def even_steps(total: int, count: int) -> list[int]:
+    """``count`` steps evenly spaced over [0, total] (rounded to integers), both ends included."""
+    return sorted({round(k * total / (count - 1)) for k in range(count)})
 
-    With ``train.schedule = "step"`` every milestone step t_m is added with t_m ± δ,
-    δ = round(``milestone_window`` · total), so that the velocities on [t_m − δ, t_m] (old LR)
-    and [t_m, t_m + δ] (new LR) are resolved; log-spaced steps strictly inside a window are
-    dropped so that both intervals are exactly δ long (explicit steps are always kept).
+
+def decade_steps(total: int, decades: int) -> list[int]:
+    """total / 10^k for k = ``decades`` … 1, rounded, those ≥ 1, ascending (then ``total`` ends
+    the last decade)."""
+    return sorted({round(total / 10**k) for k in range(1, decades + 1)} - {0})
+
+
+def grid_steps(cfg: KernelEvolutionConfig) -> list[int]:
+    """The evenly spaced grid of the angular velocity."""
+    return even_steps(cfg.train.total_steps(cfg.evolution.n), cfg.evolution.n_checkpoints)
+
+
+def decade_points(cfg: KernelEvolutionConfig) -> list[int]:
+    """Decade boundaries T/10^decades < … < T/10 < T."""
+    total = cfg.train.total_steps(cfg.evolution.n)
+    return [*decade_steps(total, cfg.evolution.decades), total]
+
+
+def checkpoint_steps(cfg: KernelEvolutionConfig) -> list[int]:
+    """Every checkpoint: the grid, the decades, explicit steps and LR milestones t_m, t_m ± δ.
+
+    δ = round(``milestone_window`` · total): the angular velocities on [t_m − δ, t_m] (old LR)
+    and [t_m, t_m + δ] (new LR) are over equal intervals.
     """
     ev = cfg.evolution
     total = cfg.train.total_steps(ev.n)
     delta = round(ev.milestone_window * total)
-    drops = milestone_steps(cfg)
-    if ev.checkpoint_steps is not None:
-        base = set(ev.checkpoint_steps)
-    else:
-        base = {
-            s
-            for s in log_spaced_steps(total, ev.n_checkpoints)
-            if not any(0 < abs(s - t) < delta for t in drops)
-        }
-    steps = {0, total, *base}
-    for t in drops:
+    steps = {*grid_steps(cfg), *decade_points(cfg), *(ev.checkpoint_steps or [])}
+    for t in milestone_steps(cfg):
         steps |= {t, t - delta, t + delta}
     return sorted(s for s in steps if 0 <= s <= total)
 
@@ -131,6 +180,7 @@ def train_unit(cfg: KernelEvolutionConfig, seed_index: int) -> Unit:
         f"{U}:train_with_checkpoints",
         args,
         _train_reads(cfg),
+        version=UNIT_VERSION,
         label=f"train n={n} seed={seed_index} ({len(args['checkpoint_steps'])} checkpoints)",
     )
 
@@ -164,6 +214,7 @@ def kernel_unit(cfg: KernelEvolutionConfig, seed_index: int, step: int) -> Unit:
         f"{U}:kernels_at_checkpoint",
         args,
         reads,
+        version=UNIT_VERSION,
         label=f"eNTK step={step} seed={seed_index}",
         after=(train_unit(cfg, seed_index).key,),
     )
@@ -178,150 +229,230 @@ def plan(cfg: KernelEvolutionConfig) -> list[Unit]:
     return units
 
 
-# ----------------------------------------------------------------------------- analysis
+# ----------------------------------------------------------------------------- kernel motion
 
 
-def velocities(probes: list[np.ndarray], epochs: list[float]) -> list[float]:
-    """v_i = S(P_i, P_{i+1}) / (e_{i+1} − e_i) for consecutive checkpoints (length m − 1)."""
-    return [kernel_velocity(a, b, e1 - e0) for a, b, e0, e1 in zip(probes, probes[1:], epochs, epochs[1:])]
+def angles(kernels: Sequence[np.ndarray]) -> list[float]:
+    """θ_i = θ(K_i, K_{i+1}) for consecutive kernels (length m − 1)."""
+    return [kernel_angle(a, b) for a, b in zip(kernels, kernels[1:])]
 
 
-def angular_velocities(probes: list[np.ndarray], epochs: list[float]) -> list[float]:
-    """ω_i = arccos(1 − S(P_i, P_{i+1})) / (e_{i+1} − e_i), radians per epoch.
+def angular_velocities(kernels: Sequence[np.ndarray], epochs: Sequence[float]) -> list[float]:
+    """ω_i = θ(K_i, K_{i+1}) / (e_{i+1} − e_i), radians per epoch.
 
-    The angle between the kernels as vectors of the Frobenius space. S = 1 − cos θ ≈ θ²/2 is
-    second order in a small change, so for a kernel drifting at a steady rate
-    S(K_t, K_{t+dt}) / dt grows like dt and velocities over intervals of different lengths
-    (log-spaced checkpoints) are not comparable; θ / dt is first order and does not depend on dt.
+    θ / dt is first order in a small change; S / dt (S = 1 − cos θ ≈ θ²/2) grows like dt for a
+    kernel drifting at a steady rate, so only ω is comparable across interval lengths.
     """
+    return [th / (e1 - e0) for th, e0, e1 in zip(angles(kernels), epochs, epochs[1:])]
+
+
+def half_speeds(theta: Sequence[float], dt: Sequence[float]) -> tuple[float, float]:
+    """(ω̄₁, ω̄₂): angle per epoch over the first and the last ⌊m/2⌋ of m intervals.
+
+    ω̄ = Σθ_i / Σdt_i over the half; NaN with fewer than 2 intervals.
+    """
+    th, d = np.asarray(theta, np.float64), np.asarray(dt, np.float64)
+    h = len(th) // 2
+    if h == 0:
+        return math.nan, math.nan
+    return float(th[:h].sum() / d[:h].sum()), float(th[-h:].sum() / d[-h:].sum())
+
+
+def classify(total_angle: float, first: float, second: float) -> str | None:
+    """The verdict: ``barely-moves`` when Θ < LAZY_ANGLE, else ``keeps-moving`` when
+    ω̄₂ / ω̄₁ ≥ KEEPS_MOVING, else ``settles``; None when what it needs is not finite."""
+    if not math.isfinite(total_angle):
+        return None
+    if total_angle < LAZY_ANGLE:
+        return "barely-moves"
+    if not (math.isfinite(first) and math.isfinite(second) and first > 0):
+        return None
+    return "keeps-moving" if second / first >= KEEPS_MOVING else "settles"
+
+
+def grid_motion(kernels: Sequence[np.ndarray], epochs: Sequence[float]) -> dict[str, Any]:
+    """Kernel motion on an evenly spaced grid of checkpoints (kernels at ``epochs``, ascending).
+
+    Returns ``omega`` (per interval), ``first_half``, ``second_half`` (ω̄₁, ω̄₂),
+    ``second_over_first``, ``total_angle`` θ(K_first, K_last), ``path_angle`` Σθ_i,
+    ``peak`` and ``peak_epoch`` (largest ω and its interval's midpoint) and ``verdict``.
+    """
+    theta = angles(kernels)
+    dt = np.diff(np.asarray(epochs, np.float64))
+    omega = [th / d for th, d in zip(theta, dt)]
+    first, second = half_speeds(theta, dt)
+    total = kernel_angle(kernels[0], kernels[-1]) if len(kernels) > 1 else math.nan
+    i = int(np.argmax(omega)) if omega else 0
+    return {
+        "omega": omega,
+        "first_half": first,
+        "second_half": second,
+        "second_over_first": second / first if first > 0 else math.nan,
+        "total_angle": total,
+        "path_angle": float(np.sum(theta)) if theta else math.nan,
+        "peak": max(omega) if omega else math.nan,
+        "peak_epoch": float((epochs[i] + epochs[i + 1]) / 2) if omega else math.nan,
+        "verdict": classify(total, first, second),
+    }
+
+
+def decade_angles(kernels: Mapping[int, np.ndarray], points: Sequence[int]) -> list[tuple[int, int, float]]:
+    """(t, t', θ(K_t, K_t')) for consecutive decade boundaries ``points`` that both have a kernel."""
     return [
-        float(np.arccos(np.clip(1.0 - kernel_distance(a, b), -1.0, 1.0)) / (e1 - e0))
-        for a, b, e0, e1 in zip(probes, probes[1:], epochs, epochs[1:])
+        (a, b, kernel_angle(kernels[a], kernels[b]))
+        for a, b in zip(points, points[1:])
+        if a in kernels and b in kernels
     ]
 
 
-def velocity_fraction(vel: list[float], epochs: list[float], frac: float = PEAK_FRACTION) -> dict[str, float]:
-    """How long the kernel keeps moving, from interval velocities ``vel`` and checkpoint ``epochs``.
+def decade_ratio(decade_list: Sequence[float]) -> float:
+    """The last decade's angle over the largest decade angle (NaN without decades)."""
+    if not decade_list or max(decade_list) <= 0:
+        return math.nan
+    return float(decade_list[-1] / max(decade_list))
 
-    ``above`` = Σ_{i: v_i ≥ frac·max v} (e_{i+1} − e_i) / e_m (fraction of training in epochs);
-    ``last`` = e_{j+1} / e_m for the last interval j with v_j ≥ frac·max v.
-    """
-    if not vel or epochs[-1] <= 0:
-        return {"above": math.nan, "last": math.nan, "peak": math.nan, "peak_epoch": math.nan}
-    v = np.asarray(vel)
-    e = np.asarray(epochs)
-    dt = np.diff(e)
-    keep = v >= frac * v.max()
-    j = int(np.flatnonzero(keep)[-1])
-    i = int(v.argmax())
-    return {
-        "above": float(dt[keep].sum() / e[-1]),
-        "last": float(e[j + 1] / e[-1]),
-        "peak": float(v.max()),
-        "peak_epoch": float((e[i] + e[i + 1]) / 2),
-    }
+
+# ----------------------------------------------------------------------------- analysis
+
+
+def kt_grid(cfg: KernelEvolutionConfig) -> list[int]:
+    """Training-set sizes of the K_t regression: the data grid below ``regress_n``, and regress_n."""
+    r = cfg.evolution.regress_n
+    return sorted({n for n in cfg.data.n_grid() if n < r} | {r})
+
+
+def _epoch(cfg: KernelEvolutionConfig, step: int) -> float:
+    return steps_to_epochs(step, cfg.evolution.n, cfg.train.batch_size)
 
 
 def seed_series(
-    cfg: KernelEvolutionConfig, trained: dict, kernels: dict[int, dict], ctx: Any
+    cfg: KernelEvolutionConfig, seed: int, trained: dict, kernels: dict[int, dict], ctx: Any
 ) -> dict[str, Any]:
-    """Every per-checkpoint quantity of one repetition (checkpoints whose kernel is missing skipped)."""
-    s, ev = ctx.splits, cfg.evolution
+    """Every per-checkpoint quantity of repetition ``seed`` (checkpoints without a kernel skipped)."""
+    s, ev = ctx.seed_splits(seed), cfg.evolution
     steps = [t for t in trained["steps"] if t in kernels]
-    epochs = [steps_to_epochs(t, ev.n, cfg.train.batch_size) for t in steps]
-    probes = [probe_kernel(kernels[t]["blocks"], len(s.x_val), ev.probe_train) for t in steps]
+    epochs = [_epoch(cfg, t) for t in steps]
+    probes = {t: probe_kernel(kernels[t]["blocks"], len(s.x_val), ev.probe_train) for t in steps}
     y_probe = s.y_train[: ev.probe_train]
-    series: dict[str, Any] = {
-        "steps": steps,
-        "epochs": epochs,
-        "velocity": velocities(probes, epochs),
-        "angular_velocity": angular_velocities(probes, epochs),
-    }
-    per: list[dict[str, float]] = []
-    for t, p in zip(steps, probes):
+    grid = [t for t in grid_steps(cfg) if t in probes]
+    grid_epochs = [_epoch(cfg, t) for t in grid]
+    motion = grid_motion([probes[t] for t in grid], grid_epochs)
+    every_other = grid[::2] if len(grid) % 2 == 1 and len(grid) >= 5 else []
+    half = (
+        grid_motion([probes[t] for t in every_other], [_epoch(cfg, t) for t in every_other])
+        if every_other
+        else {}
+    )
+    kt_ns = kt_grid(cfg)
+    per: list[dict[str, Any]] = []
+    for t in steps:
+        p = probes[t]
         top, eff = spectrum(p, ev.top_eigenvalues)
-        rec = {
+        rec: dict[str, Any] = {
             "alignment": alignment(p[: ev.probe_train, : ev.probe_train], y_probe),
             "eff_rank": eff,
             "kernel_scale": float(np.trace(p) / len(p)),
             **{f"eig_{k + 1}": float(v) for k, v in enumerate(top)},
         }
-        if 0 in kernels and steps[0] == 0:
+        if 0 in probes:
             rec["distance_to_init"] = kernel_distance(probes[0], p)
+            rec["angle_to_init"] = kernel_angle(probes[0], p)
         b = kernels[t]["blocks"]
-        (kt,) = regress_grid(b["train"], b["cross"], s, [ev.regress_n], cfg.kernel.ridges, cfg.kernel.ridge)
-        rec.update({f"kt_{k}": kt[k] for k in ("test_mse", "test_error", "ridge", "jitter")})
+        rec["kt"] = regress_grid(b["train"], b["cross"], s, kt_ns, cfg.kernel.ridges, cfg.kernel.ridge)
         rec.update({f"nn_{k}": v for k, v in trained["nn"][t].items()})
         per.append(rec)
-    series["metrics"] = per
-    late = [k for k, e in enumerate(epochs) if e >= 1.0]
-    j = late[0] if late else len(epochs) - 1
-    series["epoch1"] = {"epoch": epochs[j], "distance_to_final": kernel_distance(probes[j], probes[-1])}
-    return series
+    late = [t for t, e in zip(steps, epochs) if e >= 1.0]
+    j = late[0] if late else steps[-1]
+    return {
+        "steps": steps,
+        "epochs": epochs,
+        "metrics": per,
+        "grid": grid,
+        "grid_epochs": grid_epochs,
+        "motion": motion,
+        "half_resolution": half,
+        "decades": decade_angles(probes, decade_points(cfg)),
+        "milestones": milestone_report(cfg, probes),
+        "epoch1": {"epoch": _epoch(cfg, j), "angle_to_final": kernel_angle(probes[j], probes[steps[-1]])},
+    }
 
 
-def seed_rows(cfg: KernelEvolutionConfig, seed: int, series: dict[str, Any]) -> list[dict]:
-    """Tidy rows of one repetition: method ``nn`` (n = evolution.n) for the network's metrics and
-    the epoch; ``entk`` for kernel metrics (n = evolution.n, or regress_n for ``kt_*``)."""
-    ev, w, exp = cfg.evolution, cfg.arch.width, cfg.experiment
-    rows = []
-    for k, (t, e, rec) in enumerate(zip(series["steps"], series["epochs"], series["metrics"])):
-        rows.append(row(exp, "nn", ev.n, w, seed, t, "epoch", e))
-        for m, v in rec.items():
-            method = "nn" if m.startswith("nn_") else "entk"
-            n = ev.regress_n if m.startswith("kt_") else ev.n
-            rows.append(row(exp, method, n, w, seed, t, m, v))
-        for m in ("velocity", "angular_velocity"):
-            if k < len(series[m]):
-                rows.append(row(exp, "entk", ev.n, w, seed, t, m, series[m][k]))
-    return rows
+def milestone_report(cfg: KernelEvolutionConfig, probes: Mapping[int, np.ndarray]) -> list[dict[str, float]]:
+    """ω on [t_m − δ, t_m] (old LR) and [t_m, t_m + δ] (new LR) around each LR milestone t_m."""
+    total = cfg.train.total_steps(cfg.evolution.n)
+    delta = round(cfg.evolution.milestone_window * total)
 
+    def omega(a: int, b: int) -> float:
+        if a == b or a not in probes or b not in probes:
+            return math.nan
+        return kernel_angle(probes[a], probes[b]) / (_epoch(cfg, b) - _epoch(cfg, a))
 
-def milestone_report(cfg: KernelEvolutionConfig, series: dict[str, Any]) -> list[dict[str, float]]:
-    """Velocity on the checkpoint interval ending at, and the one starting at, each LR milestone."""
-    steps, vel, aw, out = series["steps"], series["velocity"], series["angular_velocity"], []
+    out = []
     for frac, t in milestones(cfg):
-        if t not in steps:
-            continue
-        i = steps.index(t)
-        before = vel[i - 1] if 0 < i <= len(vel) else math.nan
-        after = vel[i] if i < len(vel) else math.nan
+        before, after = omega(t - delta, t), omega(t, t + delta)
         out.append(
             {
                 "milestone": frac,
                 "step": t,
-                "epoch": series["epochs"][i],
-                "velocity_before": before,
-                "velocity_after": after,
-                "after_over_before": after / before if before else math.nan,
-                "angular_velocity_before": aw[i - 1] if 0 < i <= len(aw) else math.nan,
-                "angular_velocity_after": aw[i] if i < len(aw) else math.nan,
+                "epoch": _epoch(cfg, t),
+                "angular_velocity_before": before,
+                "angular_velocity_after": after,
+                "after_over_before": after / before if before > 0 else math.nan,
             }
         )
     return out
 
 
+def seed_rows(cfg: KernelEvolutionConfig, seed: int, series: dict[str, Any]) -> list[dict]:
+    """Tidy rows of one repetition, all at n = evolution.n except the K_t regression ``kt_*``
+    (at each n of its grid): method ``nn`` for the network's metrics and the epoch, ``entk``
+    for kernel metrics; ``angular_velocity`` at the start step of its grid interval,
+    ``decade_angle`` at the start of its decade."""
+    ev, w, exp = cfg.evolution, cfg.arch.width, cfg.experiment
+    rows = []
+    for t, e, rec in zip(series["steps"], series["epochs"], series["metrics"]):
+        rows.append(row(exp, "nn", ev.n, w, seed, t, "epoch", e))
+        for m, v in rec.items():
+            if m == "kt":
+                for r in v:
+                    for k in ("test_mse", "test_error", "ridge", "jitter"):
+                        rows.append(row(exp, "entk", r["n"], w, seed, t, f"kt_{k}", r[k]))
+            else:
+                rows.append(row(exp, "nn" if m.startswith("nn_") else "entk", ev.n, w, seed, t, m, v))
+    for t, v in zip(series["grid"], series["motion"]["omega"]):
+        rows.append(row(exp, "entk", ev.n, w, seed, t, "angular_velocity", v))
+    for a, _, th in series["decades"]:
+        rows.append(row(exp, "entk", ev.n, w, seed, a, "decade_angle", th))
+    return rows
+
+
+def _kt_at(rec: dict[str, Any], n: int, key: str) -> float:
+    return next((r[key] for r in rec["kt"] if r["n"] == n), math.nan)
+
+
 SUMMARY_KEYS = (
-    "velocity_above_10pct_of_peak_fraction",
-    "velocity_last_above_10pct_of_peak_fraction",
-    "velocity_peak",
-    "velocity_peak_epoch",
-    "angular_velocity_above_10pct_of_peak_fraction",
-    "angular_velocity_last_above_10pct_of_peak_fraction",
+    "total_angle",
+    "path_angle",
+    "angular_speed_first_half",
+    "angular_speed_second_half",
     "angular_velocity_peak",
     "angular_velocity_peak_epoch",
-    "final_distance_to_init",
-    "distance_epoch1_to_final",
+    "last_decade_angle",
+    "angle_epoch1_to_final",
     "epoch1_checkpoint_epoch",
+    "final_distance_to_init",
     "initial_alignment",
     "final_alignment",
     "initial_eff_rank",
     "final_eff_rank",
     "kt_regression_test_loss_init",
     "kt_regression_test_loss_final",
+    "kt_regression_test_error_init",
     "kt_regression_test_error_final",
     "nn_test_loss_final",
     "nn_test_error_final",
+    "nn_train_loss_final",
+    "nn_train_error_final",
     "final_epoch",
 )
 
@@ -329,37 +460,102 @@ SUMMARY_KEYS = (
 def seed_summary(cfg: KernelEvolutionConfig, series: dict[str, Any]) -> dict[str, Any]:
     """The summary numbers of one repetition."""
     last, first = series["metrics"][-1], series["metrics"][0]
-    vf = velocity_fraction(series["velocity"], series["epochs"])
-    af = velocity_fraction(series["angular_velocity"], series["epochs"])
+    mo, r = series["motion"], cfg.evolution.regress_n
+    dec = [th for _, _, th in series["decades"]]
     return {
-        "velocity_above_10pct_of_peak_fraction": vf["above"],
-        "velocity_last_above_10pct_of_peak_fraction": vf["last"],
-        "velocity_peak": vf["peak"],
-        "velocity_peak_epoch": vf["peak_epoch"],
-        "angular_velocity_above_10pct_of_peak_fraction": af["above"],
-        "angular_velocity_last_above_10pct_of_peak_fraction": af["last"],
-        "angular_velocity_peak": af["peak"],
-        "angular_velocity_peak_epoch": af["peak_epoch"],
-        "final_distance_to_init": last.get("distance_to_init", math.nan),
-        "distance_epoch1_to_final": series["epoch1"]["distance_to_final"],
+        "verdict": mo["verdict"],
+        "verdict_half_resolution": series["half_resolution"].get("verdict"),
+        "half_resolution_speeds": [
+            series["half_resolution"].get(k, math.nan) for k in ("first_half", "second_half")
+        ],
+        "total_angle": mo["total_angle"],
+        "path_angle": mo["path_angle"],
+        "angular_speed_first_half": mo["first_half"],
+        "angular_speed_second_half": mo["second_half"],
+        "second_over_first_half": mo["second_over_first"],
+        "angular_velocity_peak": mo["peak"],
+        "angular_velocity_peak_epoch": mo["peak_epoch"],
+        "last_decade_angle": dec[-1] if dec else math.nan,
+        "last_decade_over_max_decade": decade_ratio(dec),
+        "angle_epoch1_to_final": series["epoch1"]["angle_to_final"],
         "epoch1_checkpoint_epoch": series["epoch1"]["epoch"],
+        "final_distance_to_init": last.get("distance_to_init", math.nan),
         "initial_alignment": first["alignment"],
         "final_alignment": last["alignment"],
         "initial_eff_rank": first["eff_rank"],
         "final_eff_rank": last["eff_rank"],
-        "kt_regression_test_loss_init": first["kt_test_mse"],
-        "kt_regression_test_loss_final": last["kt_test_mse"],
-        "kt_regression_test_error_final": last["kt_test_error"],
+        "kt_regression_test_loss_init": _kt_at(first, r, "test_mse"),
+        "kt_regression_test_loss_final": _kt_at(last, r, "test_mse"),
+        "kt_regression_test_error_init": _kt_at(first, r, "test_error"),
+        "kt_regression_test_error_final": _kt_at(last, r, "test_error"),
         "nn_test_loss_final": last["nn_test_mse"],
         "nn_test_error_final": last["nn_test_error"],
+        "nn_train_loss_final": last["nn_train_mse"],
+        "nn_train_error_final": last["nn_train_error"],
         "final_epoch": series["epochs"][-1],
-        "milestones": milestone_report(cfg, series),
+        "decade_angles": [{"from_step": a, "to_step": b, "angle": th} for a, b, th in series["decades"]],
+        "milestones": series["milestones"],
     }
 
 
-def _mean(values: list[Any]) -> float:
+def _mean(values: Sequence[Any]) -> float:
     vals = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
     return float(np.mean(vals)) if vals else math.nan
+
+
+def mean_decades(cfg: KernelEvolutionConfig, per_seed: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Decade angles averaged over repetitions: {from_step, to_step, from_epoch, to_epoch, angle}."""
+    pts = decade_points(cfg)
+    out = []
+    for a, b in zip(pts, pts[1:]):
+        vals = [
+            d["angle"]
+            for p in per_seed
+            for d in p["decade_angles"]
+            if d["from_step"] == a and d["to_step"] == b
+        ]
+        if vals:
+            out.append(
+                {
+                    "from_step": a,
+                    "to_step": b,
+                    "from_epoch": _epoch(cfg, a),
+                    "to_epoch": _epoch(cfg, b),
+                    "angle": _mean(vals),
+                }
+            )
+    return out
+
+
+def kt_exponents(cfg: KernelEvolutionConfig, series_list: Sequence[dict[str, Any]]) -> list[dict[str, float]]:
+    """α(t) of kernel regression with K_t over the ``kt`` grid, at every checkpoint, with the
+    bootstrap CI of :func:`ntklab.scaling.fit_with_ci` (None where the fit has too few degrees
+    of freedom for one; α NaN with fewer than 2 grid points)."""
+    grid, metric, fc = kt_grid(cfg), cfg.fit.metric, cfg.fit
+    out = []
+    for t in checkpoint_steps(cfg):
+        losses = np.full((len(series_list), len(grid)), np.nan)
+        for i, ser in enumerate(series_list):
+            if t in ser["steps"]:
+                rec = ser["metrics"][ser["steps"].index(t)]
+                losses[i] = [_kt_at(rec, n, metric) for n in grid]
+        ok = np.isfinite(np.nanmean(losses, 0)) if len(series_list) else np.zeros(len(grid), bool)
+        if ok.sum() >= 2 and np.all(np.nanmean(losses[:, ok], 0) > 0):
+            fit = fit_with_ci(
+                np.asarray(grid)[ok],
+                losses[:, ok],
+                offset=False,
+                n_boot=fc.bootstrap,
+                ci=fc.ci,
+                seed=cfg.seed,
+            )
+            a, lo, hi = fit.alpha, fit.ci_low, fit.ci_high
+        elif not ok.any():
+            continue
+        else:
+            a = lo = hi = math.nan
+        out.append({"step": t, "epoch": _epoch(cfg, t), "alpha": a, "ci_low": lo, "ci_high": hi})
+    return out
 
 
 def analyze(
@@ -368,28 +564,46 @@ def analyze(
     """Tidy rows and the summary's ``evolution`` (means over repetitions) from unit results.
 
     Repetitions without a training result are skipped, as are checkpoints without a kernel.
+    The verdict is :func:`classify` on the seed means of Θ, ω̄₁ and ω̄₂.
     """
     ev = cfg.evolution
     rows: list[dict] = []
     per_seed: list[dict[str, Any]] = []
+    series_list: list[dict[str, Any]] = []
     for i in range(cfg.seeds):
         trained = results.get(train_unit(cfg, i).key)
         if trained is None:
             continue
-        kernels = {}
-        for t in trained["steps"]:
-            k = results.get(kernel_unit(cfg, i, t).key)
-            if k is not None:
-                kernels[t] = k
+        kernels = {
+            t: k for t in trained["steps"] if (k := results.get(kernel_unit(cfg, i, t).key)) is not None
+        }
         if not kernels:
             continue
-        series = seed_series(cfg, trained, kernels, ctx)
+        series = seed_series(cfg, i, trained, kernels, ctx)
+        series_list.append(series)
         rows += seed_rows(cfg, i, series)
         per_seed.append({"seed": i, **seed_summary(cfg, series)})
     # every key is present (NaN when no repetition finished), so summaries always share keys
     evolution: dict[str, Any] = {k: _mean([p[k] for p in per_seed]) for k in SUMMARY_KEYS}
+    first, second = evolution["angular_speed_first_half"], evolution["angular_speed_second_half"]
+    decades = mean_decades(cfg, per_seed)
     evolution.update(
         {
+            "verdict": classify(evolution["total_angle"], first, second),
+            "verdict_half_resolution": classify(
+                evolution["total_angle"],
+                _mean([p["half_resolution_speeds"][0] for p in per_seed]),
+                _mean([p["half_resolution_speeds"][1] for p in per_seed]),
+            ),
+            "second_over_first_half": second / first if first > 0 else math.nan,
+            "last_decade_over_max_decade": decade_ratio([d["angle"] for d in decades]),
+            "lazy_angle": LAZY_ANGLE,
+            "keeps_moving_ratio": KEEPS_MOVING,
+            "decade_turn_ratio": DECADE_TURN,
+            "decade_angles": decades,
+            "kt_grid": kt_grid(cfg),
+            "kt_exponents": kt_exponents(cfg, series_list),
+            "steps": cfg.train.total_steps(ev.n),
             "seeds_done": len(per_seed),
             "n": ev.n,
             "regress_n": ev.regress_n,
@@ -397,13 +611,15 @@ def analyze(
             "probe_test": ev.probe_test,
             "kernel_mode": cfg.kernel.mode,
             "notes": (
-                "velocity v_i = S(P_i, P_i+1) / (e_i+1 - e_i) per epoch on the probe kernel; "
-                "velocity_above_10pct_of_peak_fraction = fraction of training in epochs covered by "
-                "checkpoint intervals with v >= 0.1 max v; S is second order in small changes, so v "
-                "grows with the interval length and late (long, log-spaced) intervals read higher: "
-                "angular_velocity = arccos(1 - S) / dt (rad/epoch) does not depend on dt; K_t regression (kt_*) uses the first "
-                f"regress_n = {ev.regress_n} of the n = {ev.n} training points the network trains on, "
-                "and the same test set as nn_*; values are means over seeds (see per_seed)"
+                "angles θ(K, K') = arccos of the kernels' cosine on the probe set; angular_velocity "
+                "ω = θ / dt (rad/epoch) on the evenly spaced grid only (equal intervals); "
+                "angular_speed_first/second_half = Σθ / Σdt over the first/last half of the grid; "
+                "total_angle = θ(K_0, K_T); verdict: barely-moves if total_angle < lazy_angle, "
+                "keeps-moving if second/first half >= keeps_moving_ratio, else settles (on a linear "
+                "time axis; decade_angles = θ(K_t, K_10t) for the log axis); kt_* regress with K_t "
+                f"on the first n of the network's n = {ev.n} training points for n in kt_grid, on the "
+                "same test set as nn_*; kt_exponents: α(t) of fit.metric over kt_grid; values are "
+                "means over seeds (see per_seed)"
             ),
             "per_seed": per_seed,
         }
@@ -414,7 +630,9 @@ def analyze(
         "evolution": evolution,
         "checkpoints": {
             "steps": steps,
-            "epochs": [steps_to_epochs(t, ev.n, cfg.train.batch_size) for t in steps],
+            "epochs": [_epoch(cfg, t) for t in steps],
+            "grid_steps": grid_steps(cfg),
+            "decade_steps": decade_points(cfg),
             "milestone_steps": milestone_steps(cfg),
         },
     }
@@ -422,7 +640,7 @@ def analyze(
 
 
 def figures(cfg: KernelEvolutionConfig, rows: list[dict], summary: dict, out_dir: Path) -> list[Path]:
-    """Distance and velocity, alignment, K_t regression vs network, spectrum — against epochs."""
+    """Kernel motion, alignment, K_t regression and α(t) vs network, spectrum — against epochs."""
     from ntklab.report.evolution_figures import evolution_figures
 
     title = f"{cfg.data.name}: {arch_label(cfg.arch, width=True)}, n={cfg.evolution.n}"

@@ -1,6 +1,8 @@
 """Kernel comparisons (docs/design.md definitions), float64, on (n, n) kernel matrices.
 
 * distance (Fort et al. 2020): S(K₁, K₂) = 1 − ⟨K₁, K₂⟩_F / (‖K₁‖_F ‖K₂‖_F)
+* angle: θ(K₁, K₂) = arccos(1 − S) ∈ [0, π], the angle between K₁ and K₂ as vectors of the
+  Frobenius space (first order in a small change, where S ≈ θ²/2 is second order)
 * velocity: v(t) = S(K_t, K_{t+dt}) / dt, dt in epochs
 * centered kernel–target alignment: ⟨K_c, (Y Yᵀ)_c⟩_F / (‖K_c‖_F ‖(Y Yᵀ)_c‖_F), A_c = H A H,
   H = I − 11ᵀ/n
@@ -22,6 +24,17 @@ def kernel_distance(k1: np.ndarray, k2: np.ndarray) -> float:
     """S(K₁, K₂) ∈ [0, 1] for PSD kernels; 0 iff K₂ = c·K₁ with c > 0."""
     a, b = _f64(k1), _f64(k2)
     return float(1.0 - np.vdot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def kernel_angle(k1: np.ndarray, k2: np.ndarray) -> float:
+    """θ(K₁, K₂) = arccos(⟨K₁, K₂⟩_F / (‖K₁‖_F ‖K₂‖_F)) in radians.
+
+    Computed as 2·atan2(‖a − b‖, ‖a + b‖) with a, b the unit-norm kernels, which is exact to
+    rounding for small angles too (arccos loses half the digits near 0).
+    """
+    a, b = _f64(k1), _f64(k2)
+    a, b = a / np.linalg.norm(a), b / np.linalg.norm(b)
+    return float(2.0 * np.arctan2(np.linalg.norm(a - b), np.linalg.norm(a + b)))
 
 
 def kernel_velocity(k_t: np.ndarray, k_next: np.ndarray, dt_epochs: float) -> float:

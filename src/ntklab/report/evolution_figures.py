@@ -1,12 +1,14 @@
 """Figures of the ``kernel-evolution`` experiment, drawn from its tidy rows.
 
-* ``kernel_motion.png``: distance to init S(P_0, P_t), velocity
-  v(t_i) = S(P_{t_i}, P_{t_{i+1}}) / (e_{i+1} − e_i) and angular velocity
-  arccos(1 − S(P_{t_i}, P_{t_{i+1}})) / (e_{i+1} − e_i) against epochs, log-log; a velocity is
-  drawn at its interval's midpoint (e_i + e_{i+1}) / 2, with the 10%-of-peak level dashed;
+* ``kernel_motion.png``: angle to init θ(P_0, P_t) (the "barely moves" threshold dashed);
+  angular velocity ω = θ(P_{t_i}, P_{t_{i+1}}) / (e_{i+1} − e_i) on the evenly spaced grid,
+  drawn at each interval's midpoint, with the half speeds ω̄₁, ω̄₂ as segments over their
+  halves (linear epoch axis: equal intervals); the angle θ(P_t, P_{10t}) of each decade of
+  training at the decade's geometric middle (log epoch axis);
 * ``alignment.png``: centered kernel–target alignment of P_t against epochs;
-* ``kt_regression.png``: test MSE and 0-1 error of kernel regression with K_t (a fixed kernel)
-  next to the network's own at t;
+* ``kt_regression.png``: test MSE and 0-1 error of kernel regression with K_t (a fixed kernel,
+  n = regress_n) next to the network's own at t, and the exponent α(t) of K_t regression over
+  the n grid with its CI;
 * ``spectrum.png``: top eigenvalues and effective rank (Σλ)² / Σλ² of P_t.
 
 Epoch axes other than the log-log ones are symmetric-log (linear below the first checkpoint)
@@ -35,12 +37,12 @@ def epoch_map(rows: list[dict[str, Any]]) -> dict[tuple[int, int], float]:
     return {(r["seed"], r["step"]): r["value"] for r in rows if r["metric"] == "epoch"}
 
 
-def series(rows: list[dict[str, Any]], metric: str) -> Series:
-    """seed -> (epochs, values) of ``metric``, sorted by step."""
+def series(rows: list[dict[str, Any]], metric: str, n: int | None = None) -> Series:
+    """seed -> (epochs, values) of ``metric`` (at training-set size ``n`` when given), by step."""
     epochs = epoch_map(rows)
     pts: dict[int, list[tuple[int, float]]] = defaultdict(list)
     for r in rows:
-        if r["metric"] == metric:
+        if r["metric"] == metric and (n is None or r["n"] == n):
             pts[r["seed"]].append((r["step"], r["value"]))
     out: Series = {}
     for seed, sv in pts.items():
@@ -52,15 +54,17 @@ def series(rows: list[dict[str, Any]], metric: str) -> Series:
     return out
 
 
-def velocity_series(rows: list[dict[str, Any]], metric: str = "velocity") -> Series:
-    """seed -> (interval midpoints in epochs, values of the interval ``metric``)."""
+def interval_series(rows: list[dict[str, Any]], summary: dict[str, Any]) -> Series:
+    """seed -> (midpoints in epochs, ω) of the grid intervals (a row sits at its interval's start)."""
+    cp = summary.get("checkpoints", {})
+    grid = cp.get("grid_steps", [])
     epochs = epoch_map(rows)
     out: Series = {}
-    for seed, (_, vel) in series(rows, metric).items():
-        steps = sorted(s for (sd, s) in epochs if sd == seed)
-        e = np.array([epochs[(seed, s)] for s in steps])
-        mids = (e[:-1] + e[1:]) / 2
-        out[seed] = (mids[: len(vel)], vel)
+    for seed, (_, omega) in series(rows, "angular_velocity").items():
+        steps = sorted(r["step"] for r in rows if r["metric"] == "angular_velocity" and r["seed"] == seed)
+        ends = [next((g for g in grid if g > s), s) for s in steps]
+        mids = [(epochs[(seed, s)] + epochs.get((seed, e), np.nan)) / 2 for s, e in zip(steps, ends)]
+        out[seed] = (np.array(mids), omega)
     return out
 
 
@@ -95,25 +99,43 @@ def _plot(ax: plt.Axes, data: Series, color: str, label: str, positive: bool = F
         ax.plot(x[keep], y[keep], color=color, alpha=alpha, label=label if k == 0 else None, **kw)
 
 
-def kernel_motion_figure(rows: list[dict[str, Any]], summary: dict[str, Any], path: Path, title: str) -> Path:
-    """Distance to init, velocity and angular velocity against epochs (log-log)."""
-    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(13, 3.8))
-    _plot(a1, series(rows, "distance_to_init"), "C1", "S(K_0, K_t)", positive=True, marker="o", ms=3)
-    a1.set_ylabel("kernel distance to init")
+def _half_segments(ax: plt.Axes, summary: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """ω̄₁ over the first half of training and ω̄₂ over the second, as horizontal segments."""
     ev = summary.get("evolution", {})
-    panels = (
-        (a2, "velocity", "v = S(K_t, K_t+dt) / dt", "kernel velocity (1/epoch)", "C3"),
-        (a3, "angular_velocity", "ω = arccos(1 − S) / dt", "angular velocity (rad/epoch)", "C4"),
-    )
-    for ax, metric, label, ylabel, color in panels:
-        _plot(ax, velocity_series(rows, metric), color, label, positive=True, marker="s", ms=3)
-        peak = ev.get(f"{metric}_peak")
-        if peak is not None and np.isfinite(peak) and peak > 0:
-            ax.axhline(0.1 * peak, color=color, ls="--", lw=1, alpha=0.6, label="10% of peak")
-        ax.set_ylabel(ylabel)
+    end = max((r["value"] for r in rows if r["metric"] == "epoch"), default=0.0)
+    for key, (a, b), style in (
+        ("angular_speed_first_half", (0.0, end / 2), "-"),
+        ("angular_speed_second_half", (end / 2, end), "--"),
+    ):
+        v = ev.get(key)
+        if isinstance(v, (int, float)) and np.isfinite(v) and v > 0:
+            ax.plot([a, b], [v, v], color="k", ls=style, lw=1, label=f"ω̄ {key.split('_')[2]} half")
+
+
+def kernel_motion_figure(rows: list[dict[str, Any]], summary: dict[str, Any], path: Path, title: str) -> Path:
+    """Angle to init; ω on the even grid (linear epochs); angle per decade (log epochs)."""
+    from ntklab.experiments.kernel_evolution import LAZY_ANGLE
+
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(13, 3.8))
+    _plot(a1, series(rows, "angle_to_init"), "C1", "θ(K_0, K_t)", marker="o", ms=3)
+    a1.axhline(LAZY_ANGLE, color="gray", ls="--", lw=1, label="barely moves below")
+    a1.set_ylabel("angle to init (rad)")
+    _epoch_axis(a1, rows)
+    _plot(a2, interval_series(rows, summary), "C4", "ω = θ / dt (equal dt)", positive=True, marker="s", ms=3)
+    _half_segments(a2, summary, rows)
+    a2.set_yscale("log")
+    a2.set_ylabel("angular velocity (rad/epoch)")
+    a2.set_xlabel("epoch")
+    a2.set_xlim(left=0)
+    a2.grid(True, which="both", alpha=0.3)
+    decades = summary.get("evolution", {}).get("decade_angles", [])
+    if decades:
+        mids = [np.sqrt(d["from_epoch"] * d["to_epoch"]) for d in decades]
+        a3.plot(mids, [d["angle"] for d in decades], "D-", color="C3", label="θ(K_t, K_10t), mean")
+    a3.set_ylabel("angle per decade of training (rad)")
+    a3.set_ylim(bottom=0)
+    _epoch_axis(a3, rows, log=True)
     for ax in (a1, a2, a3):
-        ax.set_yscale("log")
-        _epoch_axis(ax, rows, log=True)
         _milestones(ax, summary, rows)
         ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
@@ -134,11 +156,12 @@ def alignment_figure(rows: list[dict[str, Any]], summary: dict[str, Any], path: 
 
 def kt_regression_figure(rows: list[dict[str, Any]], summary: dict[str, Any], path: Path, title: str) -> Path:
     """Test loss and error of kernel regression with K_t next to the network's."""
-    n_reg = summary.get("evolution", {}).get("regress_n", "?")
-    n = summary.get("evolution", {}).get("n", "?")
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+    ev = summary.get("evolution", {})
+    n_reg, n = ev.get("regress_n"), ev.get("n", "?")
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for ax, metric in zip(axes, ("test_mse", "test_error")):
-        _plot(ax, series(rows, f"kt_{metric}"), "C1", f"kernel regression, K_t (n={n_reg})", marker="s", ms=3)
+        kt = series(rows, f"kt_{metric}", n_reg)
+        _plot(ax, kt, "C1", f"kernel regression, K_t (n={n_reg})", marker="s", ms=3)
         _plot(ax, series(rows, f"nn_{metric}"), "C0", f"network at t (n={n})", marker="o", ms=3)
         ax.set_ylabel(metric.replace("_", " "))
         if metric == "test_mse":
@@ -146,6 +169,19 @@ def kt_regression_figure(rows: list[dict[str, Any]], summary: dict[str, Any], pa
         _epoch_axis(ax, rows)
         _milestones(ax, summary, rows)
         ax.legend(fontsize=7)
+    ax = axes[2]
+    exps = [e for e in ev.get("kt_exponents", []) if np.isfinite(e["alpha"])]
+    if exps:
+        x = np.array([e["epoch"] for e in exps])
+        ax.plot(x, [e["alpha"] for e in exps], "o-", color="C1", ms=3, label="α(t) of K_t regression")
+        lo, hi = ([np.nan if e[k] is None else e[k] for e in exps] for k in ("ci_low", "ci_high"))
+        ax.fill_between(x, lo, hi, color="C1", alpha=0.2, label="CI")
+        ax.legend(fontsize=7)
+    grid = ev.get("kt_grid") or []
+    span = f"n = {grid[0]}–{grid[-1]}" if grid else ""
+    ax.set_ylabel(f"scaling exponent α ({span})")
+    _epoch_axis(ax, rows)
+    _milestones(ax, summary, rows)
     fig.suptitle(title, fontsize=9)
     return save(fig, path)
 

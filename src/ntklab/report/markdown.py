@@ -32,10 +32,13 @@ TITLES = {
     "kernel-evolution": "Kernel evolution: how the eNTK moves during training",
 }
 EVOLUTION_KEYS = (
-    "velocity_above_10pct_of_peak_fraction",
-    "velocity_last_above_10pct_of_peak_fraction",
-    "velocity_peak",
-    "velocity_peak_epoch",
+    "total_angle",
+    "angular_speed_first_half",
+    "angular_speed_second_half",
+    "second_over_first_half",
+    "last_decade_angle",
+    "last_decade_over_max_decade",
+    "path_angle",
     "final_distance_to_init",
     "initial_alignment",
     "final_alignment",
@@ -298,16 +301,30 @@ EXPONENT_HEADER = ["method", "key", "α", "CI low", "CI high", "a"]
 
 
 def evolution_rows(summary: dict[str, Any]) -> list[list[str]]:
-    """Rows (quantity, value) of the scalar numbers of a kernel-evolution summary."""
+    """Rows (quantity, value) of a kernel-evolution summary: the verdicts, the scalar numbers,
+    the angle of each decade of training and α(t) of kernel regression with K_t."""
     ev = summary.get("evolution") or {}
     keys = [k for k in EVOLUTION_KEYS if k in ev] + [
         k
         for k, v in ev.items()
         if k not in EVOLUTION_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)
     ]
-    return [
+    words = [[k, str(ev[k])] for k in ("verdict", "verdict_half_resolution") if isinstance(ev.get(k), str)]
+    numbers = [
         [k, fmt_num(ev[k])] for k in keys if isinstance(ev[k], (int, float)) and not isinstance(ev[k], bool)
     ]
+    decades = [
+        [f"decade_angle epochs {fmt_num(d['from_epoch'])}–{fmt_num(d['to_epoch'])}", fmt_num(d["angle"])]
+        for d in ev.get("decade_angles") or []
+    ]
+    alphas = [
+        [
+            f"kt_alpha step {e['step']} (epoch {fmt_num(e['epoch'])})",
+            f"{fmt_exp(e['alpha'])} [{fmt_exp(e['ci_low'])}, {fmt_exp(e['ci_high'])}]",
+        ]
+        for e in ev.get("kt_exponents") or []
+    ]
+    return words + numbers + decades + alphas
 
 
 def metric_name(summary: dict[str, Any]) -> str:
