@@ -60,7 +60,7 @@ DIVERGENT = [
 def stored(cache: Path) -> dict[str, tuple[int, int]]:
     """Complete store entries (never the ``.tmp-*`` files) -> (inode, mtime_ns)."""
     out = {}
-    for p in (cache / "units").glob("*/*.pkl"):
+    for p in (cache / "units").glob("*/*.ntk"):
         st = p.stat()
         out[p.name] = (st.st_ino, st.st_mtime_ns)
     return out
@@ -146,7 +146,7 @@ def test_corrupt_or_partial_entries_are_recomputed(
     cache, out = tmp_path / "cache", tmp_path / "run"
     monkeypatch.setenv("NTKLAB_CACHE_DIR", str(cache))
     assert main(["run", "--out", str(out), *SWEEP]) == 0
-    entries = sorted((cache / "units").glob("*/*.pkl"))
+    entries = sorted((cache / "units").glob("*/*.ntk"))
     truncated, flipped = entries[0], entries[1]
     truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
     data = bytearray(flipped.read_bytes())
@@ -242,7 +242,7 @@ def test_status_of_a_partial_run(
     cache, out = tmp_path / "cache", tmp_path / "run"
     monkeypatch.setenv("NTKLAB_CACHE_DIR", str(cache))
     assert main(["run", "--out", str(out), *SWEEP, "--set", "methods=['entk']"]) == 0
-    next(iter((cache / "units").glob("*/*.pkl"))).unlink()  # as if the run had been killed
+    next(iter((cache / "units").glob("*/*.ntk"))).unlink()  # as if the run had been killed
     capsys.readouterr()
     assert main(["status", str(out)]) == 0
     lines = capsys.readouterr().out.splitlines()

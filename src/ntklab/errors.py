@@ -29,3 +29,19 @@ class ArchError(NtkLabError):
 
 class RunDirError(NtkLabError):
     """A run directory conflicts with the requested run."""
+
+
+class ResourceError(NtkLabError):
+    """A run needs more memory or disk than it may use (checked before any work)."""
+
+
+class DiskFullError(ResourceError):
+    """A write failed for lack of disk space; what was stored stays, a rerun resumes."""
+
+    @classmethod
+    def at(cls, path: object) -> DiskFullError:
+        """The error for a write to ``path`` that found no space left."""
+        return cls(
+            f"the disk holding {path} is full (no space left to write it); free some space and run "
+            "the same command again to resume."
+        )
