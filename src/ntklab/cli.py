@@ -7,7 +7,7 @@ without a traceback; completed units stay cached, so a re-run resumes.
 from __future__ import annotations
 
 import argparse
-import json
+import errno
 import logging
 import sys
 from pathlib import Path
@@ -16,15 +16,26 @@ from typing import Any
 from ntklab.cli_explain import _positive_int, add_subcommands
 from ntklab.errors import NtkLabError
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
 
 def exponent_table(summary: dict[str, Any]) -> str:
     """The exponent table printed at the end of a run."""
     exps = summary.get("exponents", {})
-    lines = [f"{'method':<24} {'alpha':>8}   {'95% CI':<20}"]
+    level = f"{100 * float(summary.get('ci', 0.95)):g}% CI"
+    lines = [f"{'method':<24} {'alpha':>8}   {level:<20} {'fit':<6}"]
     for m, e in exps.items():
-        lines.append(f"{m:<24} {e['alpha']:>8.3f}   [{e['ci_low']:.3f}, {e['ci_high']:.3f}]")
+        ci = "no CI" if e.get("ci_low") is None else f"[{e['ci_low']:.3f}, {e['ci_high']:.3f}]"
+        fit = "bends" if e.get("fit_ok") is False else "ok"
+        lines.append(f"{m:<24} {e['alpha']:>8.3f}   {ci:<20} {fit:<6}")
     if not exps:
         lines.append("(no exponents: fewer than two grid points finished)")
+    diffs = summary.get("differences") or {}
+    if diffs:
+        lines.append(f"{'difference':<24} {'delta':>8}   {'paired ' + level:<20}")
+        for k, d in diffs.items():
+            ci = "no CI" if d.get("ci_low") is None else f"[{d['ci_low']:.3f}, {d['ci_high']:.3f}]"
+            lines.append(f"{k:<24} {d['delta']:>8.3f}   {ci:<20}")
     return "\n".join(lines)
 
 
@@ -72,15 +83,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     """``ntklab status RUN_DIR``: done / missing / failed units of a run (from its store)."""
     from ntklab import experiments
     from ntklab.config import load_config
-    from ntklab.run.runner import unit_status
+    from ntklab.run.runner import read_run_meta, unit_status
     from ntklab.run.store import Store
 
     run_dir = Path(args.run_dir)
-    meta = run_dir / "run.json"
-    if not meta.is_file():
-        raise NtkLabError(f"{run_dir} is not an ntklab run directory (no run.json).")
+    meta = read_run_meta(run_dir)
+    if meta is None or not isinstance(meta.get("store"), str):
+        raise NtkLabError(f"{run_dir} is not an ntklab run directory (no run.json naming its store).")
     cfg = load_config(run_dir / "config.toml")
-    store = Store(json.loads(meta.read_text())["store"])
+    store = Store(meta["store"])
     status = unit_status(experiments.get(cfg.experiment).plan(cfg), store)
     for s in status:
         line = f"{s['status']:<8} {s['kind']:<10} {s['label']}"
@@ -176,6 +187,16 @@ def main(argv: list[str] | None = None) -> int:
     except NtkLabError as err:
         print(f"ntklab: error: {err}", file=sys.stderr)
         return err.exit_code
+    except OSError as err:  # a write outside the store (a figure, a cache file) found the disk full
+        if err.errno not in DISK_FULL:
+            raise
+        where = f" writing {err.filename}" if err.filename else ""
+        print(
+            f"ntklab: error: the disk is full{where}; free some space and run the same command again "
+            "to resume.",
+            file=sys.stderr,
+        )
+        return NtkLabError.exit_code
     except KeyboardInterrupt:
         print(
             "ntklab: interrupted; finished units are cached, run the same command again to resume.",

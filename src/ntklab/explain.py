@@ -1480,7 +1480,9 @@ def _load_state(out: Path, inputs: Inputs) -> dict[str, Any] | None:
     if meta.is_file():
         try:
             state = json.loads(meta.read_text())
-        except json.JSONDecodeError:
+        except (OSError, ValueError):
+            state = None
+        if not isinstance(state, dict):
             raise RunDirError(f"{meta} is not readable JSON; remove it or choose another --out.") from None
         if state.get("inputs_digest") != inputs.digest():
             raise RunDirError(
@@ -1618,7 +1620,12 @@ def explain(
     estimator = Estimator(costs, store)
     reserve = REPORT_RESERVE_S + (WORKER_START_S if n_workers > 1 else 0.0)
     if state is not None and state.get("plan_configs"):
-        plan = _resumed_plan(state, estimator)
+        try:
+            plan = _resumed_plan(state, estimator)
+        except (KeyError, TypeError, AttributeError, ValueError):  # not the state ntklab wrote
+            raise RunDirError(
+                f"{out_dir / 'explain.json'} is damaged; remove it or choose another --out."
+            ) from None
         say(f"resuming the explain run in {out_dir} (finished units are reused)")
     else:
         plan = choose_plan(inputs, probe, estimator, SAFETY * (clock.left() - reserve))

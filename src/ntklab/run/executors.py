@@ -16,6 +16,11 @@ Rules shared by all executors, so that a unit's result depends only on its key:
   in a user model, then does not depend on which units ran before in the same process);
 * a unit whose ``after`` units (results it reads from the store) are not all stored is not
   started; if one of them failed, it is recorded as failed too;
+* a unit is computed only under its lease in the store (:func:`claim_and_run`), so two runs on
+  one store (two ``ntklab run`` processes, two Ray drivers) never compute it twice: a unit that
+  another process is computing is held back while others can start (:class:`Schedule`), then
+  read from the store; ``Outcome.computed`` counts what this process computed,
+  ``Outcome.cached`` what it read;
 * failures (an exception, a NaN loss, a non-finite kernel, a worker that died) are recorded in
   the store with their error and the sweep goes on; they are reported at the end and retried
   only when asked (``retry_failed``). User errors (:class:`~ntklab.errors.NtkLabError`: a
@@ -45,9 +50,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ntklab.errors import NtkLabError
+from ntklab.errors import DiskFullError, NtkLabError
 from ntklab.progress import progress_bar
-from ntklab.run.store import Store
+from ntklab.run.store import DISK_FULL, Store, encode
 from ntklab.run.units import Unit, derive_seed
 
 log = logging.getLogger(__name__)
@@ -132,10 +137,12 @@ def non_finite_path(obj: Any, path: str = "result") -> str | None:
     return None
 
 
-def execute_unit(unit: Unit, ctx: Any, store: Store) -> tuple[str, float, str | None]:
-    """Run one unit and store its result; returns (key, seconds, error or None).
+def compute_unit(unit: Unit, ctx: Any, store: Store) -> tuple[float, str | None]:
+    """Run one unit and store its result; returns (seconds, error or None). No lease: see
+    :func:`claim_and_run`.
 
-    User errors (NtkLabError) propagate: they are mistakes in the config, not unit failures.
+    User errors (NtkLabError, a full disk included) propagate: they are mistakes in the config
+    or the environment, not unit failures.
     """
     t0 = time.perf_counter()
     try:
@@ -144,22 +151,81 @@ def execute_unit(unit: Unit, ctx: Any, store: Store) -> tuple[str, float, str | 
         where = non_finite_path(result) if unit.check_finite else None
         if where is not None:
             raise FloatingPointError(f"the unit's {where} holds NaN or inf values")
+        try:
+            entry = encode(result)
+        except TypeError as exc:
+            raise TypeError(f"the unit's result cannot be stored: {exc}") from None
     except NtkLabError:
         raise
+    except OSError as exc:
+        if exc.errno in DISK_FULL:
+            raise DiskFullError(
+                f"the disk is full (unit {unit.label or unit.key}: {exc.strerror}); free some space and "
+                "run the same command again to resume."
+            ) from None
+        return _record(unit, store, exc, t0)
     except Exception as exc:  # noqa: BLE001 - recorded, the sweep goes on
-        msg = f"{type(exc).__name__}: {exc}"
-        store.record_failure(
-            unit.key,
-            {
-                "unit": unit.label,
-                "error": msg,
-                "traceback": traceback.format_exc(),
-                "host": socket.gethostname(),
-            },
-        )
-        return unit.key, time.perf_counter() - t0, msg
-    store.save(unit.key, result)
-    return unit.key, time.perf_counter() - t0, None
+        return _record(unit, store, exc, t0)
+    store.write(unit.key, entry)
+    return time.perf_counter() - t0, None
+
+
+def _record(unit: Unit, store: Store, exc: BaseException, t0: float) -> tuple[float, str]:
+    """Record the failure of ``unit`` (raised ``exc``); returns (seconds, message)."""
+    msg = f"{type(exc).__name__}: {exc}"
+    store.record_failure(
+        unit.key,
+        {
+            "unit": unit.label,
+            "error": msg,
+            "traceback": traceback.format_exc(),
+            "host": socket.gethostname(),
+        },
+    )
+    return time.perf_counter() - t0, msg
+
+
+def claim_and_run(unit: Unit, ctx: Any, store: Store) -> dict[str, Any]:
+    """Run ``unit`` unless the store has it or gets it from another process meanwhile.
+
+    The unit is computed only under its lease. While another process holds the lease, this one
+    waits for that result (a stale lease, left by a crashed holder, is taken over). Returns
+    ``{"key", "seconds", "error", "cached"}``: ``cached`` when the result came from the store
+    (this process did not compute it); ``error`` also for a failure that the holder recorded
+    while this process waited.
+    """
+    out: dict[str, Any] = {"key": unit.key, "seconds": 0.0, "error": None, "cached": False}
+    before = store.failure(unit.key)
+    watch = store.lease_watch()
+    while True:
+        if store.has(unit.key):
+            out["cached"] = True
+            return out
+        lease = store.try_lease(unit.key)
+        if lease is not None:
+            break
+        if watch.held(store.lease_path(unit.key)):
+            time.sleep(store.lease_times.poll_s)
+    with lease:
+        if store.has(unit.key):  # stored between the check and the lease
+            out["cached"] = True
+            return out
+        now = store.failure(unit.key)
+        if now is not None and now != before:  # the previous holder failed while this one waited
+            out["error"] = now["error"]
+            return out
+        out["seconds"], out["error"] = compute_unit(unit, ctx, store)
+    return out
+
+
+def execute_unit(unit: Unit, ctx: Any, store: Store) -> tuple[str, float, str | None]:
+    """Run one unit (under its lease) and store its result; returns (key, seconds, error or None).
+
+    A result that another process stored meanwhile counts as done (0 seconds, no error).
+    User errors (NtkLabError) propagate: they are mistakes in the config, not unit failures.
+    """
+    res = claim_and_run(unit, ctx, store)
+    return unit.key, res["seconds"], res["error"]
 
 
 # ----------------------------------------------------------------------------- worker side
@@ -211,7 +277,7 @@ def run_in_worker(cfg_json: str, digest: str, store_root: str, store_id: str | N
             out["cached"] = True
             return out
         ctx = worker_context(cfg_json, digest, store_root)
-        _, out["seconds"], out["error"] = execute_unit(unit, ctx, store)
+        out.update(claim_and_run(unit, ctx, store))
     except NtkLabError as err:
         out["user_error"] = err
     return out
@@ -276,7 +342,10 @@ def pending(units: Sequence[Unit], store: Store, retry_failed: bool) -> tuple[li
 class Schedule:
     """Hands out units whose ``after`` units are stored, in plan order.
 
-    A unit whose dependency failed (in this run or before) is failed without running.
+    A unit whose dependency failed (in this run or before) is failed without running. With
+    other runs on the same store, a unit another process is computing (it holds the unit's
+    lease) is held back while other units can start, and counted as cached once that process
+    stores it (or as failed if it records a failure); see :meth:`wait_for_others`.
     """
 
     def __init__(self, todo: Sequence[Unit], store: Store, out: Outcome) -> None:
@@ -284,6 +353,9 @@ class Schedule:
         self.store, self.out = store, out
         self.labels = {u.key: u.label for u in todo}
         self.running: set[str] = set()
+        self.failures = {u.key: store.failure(u.key) for u in todo}  # as they were before this run
+        self.watch = store.lease_watch()
+        self.elsewhere = False  # some waiting unit is being computed by another process
 
     def _blocked_by(self, u: Unit) -> tuple[str | None, bool]:
         """(failed dependency key or None, whether some dependency is still to come)."""
@@ -297,14 +369,34 @@ class Schedule:
                 return k, False
         return None, later
 
-    def ready(self) -> list[Unit]:
-        """Units that can start now (removed from the waiting list); dependants of failures
-        are recorded as failed on the way."""
+    def _elsewhere(self, u: Unit) -> str | None:
+        """``"done"`` when another process stored ``u`` or recorded its failure since this run
+        began (counted as cached or failed), ``"busy"`` while another process computes it,
+        None when it is free to start here."""
+        if self.store.has(u.key):
+            self.out.cached.append(u.key)
+            return "done"
+        fail = self.store.failure(u.key)
+        if fail is not None and fail != self.failures.get(u.key):
+            self.out.failed[u.key] = fail["error"]
+            return "done"
+        return "busy" if self.watch.held(self.store.lease_path(u.key)) else None
+
+    def ready(self, limit: int | None = None) -> list[Unit]:
+        """Units that can start now, at most ``limit`` (removed from the waiting list);
+        dependants of failures are recorded as failed on the way.
+
+        Ask for no more than can start at once: whether another process computes a unit is
+        judged now, and a unit handed out early may be taken by another process meanwhile.
+        """
         out: list[Unit] = []
+        self.elsewhere = False
         changed = True
         while changed:
             changed = False
             for u in list(self.waiting):
+                if limit is not None and len(out) >= limit:
+                    break
                 bad, later = self._blocked_by(u)
                 if bad is not None:
                     self.waiting.remove(u)
@@ -312,11 +404,26 @@ class Schedule:
                     self.store.record_failure(u.key, {"unit": u.label, "error": msg})
                     self.out.add(u.key, 0.0, msg)
                     changed = True
-                elif not later:
+                elif later:
+                    continue
+                elif (where := self._elsewhere(u)) == "done":
+                    self.waiting.remove(u)
+                    changed = True
+                elif where == "busy":
+                    self.elsewhere = True
+                else:
                     self.waiting.remove(u)
                     self.running.add(u.key)
                     out.append(u)
         return out
+
+    def wait_for_others(self) -> bool:
+        """When units wait only for other processes: sleep one poll interval and return True
+        (call :meth:`ready` again); False when nothing is left to wait for."""
+        if self.waiting and self.elsewhere:
+            time.sleep(self.store.lease_times.poll_s)
+            return True
+        return False
 
     def done(self, key: str) -> None:
         """Mark ``key`` as finished (its outcome already added)."""
@@ -366,17 +473,15 @@ class LocalExecutor:
     def _in_process(self, todo: list[Unit], ctx: Any, store: Store, out: Outcome, bar: Any) -> None:
         sched = Schedule(todo, store, out)
         while sched:
-            batch = sched.ready()
+            batch = sched.ready(limit=1)
             if not batch:
+                if sched.wait_for_others():
+                    continue
                 break
             for u in batch:
                 bar.set_postfix_str(u.label)
-                key, secs, err = execute_unit(u, ctx, store)
-                out.add(key, secs, err)
-                if err is not None:
-                    log.warning("unit %s failed: %s", u.label, err)
-                sched.done(key)
-                bar.update(1)
+                count_result(claim_and_run(u, ctx, store), u, out, bar)
+                sched.done(u.key)
         bar.update(len(todo) - bar.n)
 
     def _in_pool(self, todo: list[Unit], ctx: Any, store: Store, out: Outcome, bar: Any) -> None:
@@ -387,11 +492,15 @@ class LocalExecutor:
         futures: dict[Future, Unit] = {}
         try:
             while sched:
-                for u in sched.ready():
+                for u in sched.ready(limit=self.workers - len(futures)):
                     futures[pool.submit(run_in_worker, cfg_json, digest, str(store.root), None, u)] = u
                 if not futures:
+                    if sched.wait_for_others():
+                        continue
                     break
-                done, _ = wait(futures, return_when=FIRST_COMPLETED)
+                # while units wait for other processes, look again now and then
+                timeout = store.lease_times.poll_s if sched.elsewhere else None
+                done, _ = wait(futures, timeout=timeout, return_when=FIRST_COMPLETED)
                 broken = False
                 for f in done:
                     u = futures.pop(f)

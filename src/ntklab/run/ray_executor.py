@@ -171,6 +171,8 @@ class RayExecutor:
                         ref = task.options(**task_options(u)).remote(cfg_json, digest, root, store_id, u)
                         refs[ref] = u
                     if not refs:
+                        if sched.wait_for_others():
+                            continue
                         break
                     done, _ = ray.wait(list(refs), num_returns=1, timeout=1.0)
                     for ref in done:

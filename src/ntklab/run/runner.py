@@ -27,6 +27,7 @@ from ntklab.experiments.common import build_spec, init_model
 from ntklab.experiments.tidy import COLUMNS
 from ntklab.run.context import RunContext
 from ntklab.run.executors import LocalExecutor, Outcome, with_threads
+from ntklab.run.lease import holding
 from ntklab.run.store import CorruptEntryError, Store, atomic_write
 
 log = logging.getLogger(__name__)
@@ -41,22 +42,39 @@ def default_out(cfg: AnyConfig) -> Path:
     return Path("runs") / f"{cfg.experiment}-{cfg.digest()}"
 
 
-def prepare_run_dir(cfg: AnyConfig, out: Path, store: Store) -> None:
-    """Create ``out`` or check that it holds this same config; never mix two configs."""
+def read_run_meta(out: Path) -> dict[str, Any] | None:
+    """``out/run.json`` as a dict (None if absent); a one-sentence error if it is not ntklab's JSON."""
     meta = out / "run.json"
-    if meta.is_file():
-        old = json.loads(meta.read_text())
+    if not meta.is_file():
+        return None
+    try:
+        info = json.loads(meta.read_text())
+    except (OSError, ValueError):
+        info = None
+    if not isinstance(info, dict) or not isinstance(info.get("digest"), str):
+        raise RunDirError(f"{meta} is not a readable ntklab run record; remove it or choose another --out.")
+    return info
+
+
+def prepare_run_dir(cfg: AnyConfig, out: Path, store: Store) -> None:
+    """Create ``out`` or check that it holds this same config; never mix two configs.
+
+    ``run.json`` is written first, so a second run of the same config starting at the same
+    moment sees either nothing of this one (hidden temporary files aside) or its record.
+    """
+    old = read_run_meta(out)
+    if old is not None:
         if old.get("digest") != cfg.digest():
             raise RunDirError(
                 f"run directory {out} holds a different config (digest {old.get('digest')}, this one "
                 f"{cfg.digest()}); choose another --out or remove it."
             )
-    elif out.exists() and any(out.iterdir()):
+    elif out.exists() and (not out.is_dir() or any(not p.name.startswith(".") for p in out.iterdir())):
         raise RunDirError(f"run directory {out} exists and is not an ntklab run; choose another --out.")
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "config.toml", to_toml(cfg).encode())
     info = {"digest": cfg.digest(), "experiment": cfg.experiment, "store": str(store.root.resolve())}
-    atomic_write(meta, json.dumps(info, indent=1).encode())
+    atomic_write(out / "run.json", json.dumps(info, indent=1).encode())
+    atomic_write(out / "config.toml", to_toml(cfg).encode())
 
 
 def check_inputs(cfg: AnyConfig, ctx: RunContext) -> None:
@@ -121,9 +139,9 @@ def run_experiment(
     ctx = RunContext(cfg, progress)
     ctx.store = store  # type: ignore[attr-defined]  # units that read other units' results
     check_inputs(cfg, ctx)
+    units = exp.plan(cfg)
     prepare_run_dir(cfg, out, store)
     store.clean_tmp()
-    units = exp.plan(cfg)
     run = dict(retry_failed=retry_failed, progress=progress)
     outcome: Outcome = executor.run(units, ctx, store, **run)
     results, corrupt = load_results(units, store)
@@ -131,6 +149,24 @@ def run_experiment(
         outcome.merge(executor.run(corrupt, ctx, store, **run))
         again, _ = load_results(corrupt, store)
         results.update(again)
+    with holding(out / ".writing.lock", store.lease_times):  # another run of this config into `out`
+        return write_outputs(cfg, out, exp, ctx, units, store, outcome, results, executor, t0)
+
+
+def write_outputs(
+    cfg: AnyConfig,
+    out: Path,
+    exp: Any,
+    ctx: RunContext,
+    units: list,
+    store: Store,
+    outcome: Outcome,
+    results: dict[str, Any],
+    executor: Any,
+    t0: float,
+) -> dict[str, Any]:
+    """Analyze the stored results and write ``units.json``, ``results.csv``, the figures and
+    ``summary.json`` into ``out``; returns the summary."""
     write_manifest(out, units, store, outcome)
     rows, extra = exp.analyze(cfg, results, ctx)
     write_csv(out / "results.csv", rows)
@@ -139,6 +175,7 @@ def run_experiment(
         "experiment": cfg.experiment,
         **extra,
         "metric": cfg.fit.metric,
+        "ci": cfg.fit.ci,
         "seconds": time.perf_counter() - t0,
         "units": {
             "total": len(labels),
