@@ -28,6 +28,7 @@ from ntklab.experiments.tidy import COLUMNS
 from ntklab.run.context import RunContext
 from ntklab.run.executors import LocalExecutor, Outcome, with_threads
 from ntklab.run.lease import holding
+from ntklab.run.resources import Shape, check_resources
 from ntklab.run.store import CorruptEntryError, Store, atomic_write
 
 log = logging.getLogger(__name__)
@@ -126,8 +127,10 @@ def run_experiment(
 ) -> dict[str, Any]:
     """Run ``cfg`` into ``out``; returns the summary (also written to ``summary.json``).
 
-    Only the units the store lacks are computed (previously failed ones only with
-    ``retry_failed``); a corrupt stored entry is recomputed. The tables and exponents depend
+    Before any work, the data and architecture (:func:`check_inputs`) and the memory and disk
+    the kernels need (:func:`~ntklab.run.resources.check_resources`) are checked. Only the units
+    the store lacks are computed (previously failed ones only with ``retry_failed``); a corrupt
+    stored entry is recomputed. The tables and exponents depend
     only on the stored results, so an interrupted run, resumed, gives the same files as an
     uninterrupted one.
     """
@@ -140,6 +143,7 @@ def run_experiment(
     ctx.store = store  # type: ignore[attr-defined]  # units that read other units' results
     check_inputs(cfg, ctx)
     units = exp.plan(cfg)
+    check_resources(units, kernel_shape(cfg, ctx), store, cfg.kernel.memory_budget_mb)
     prepare_run_dir(cfg, out, store)
     store.clean_tmp()
     run = dict(retry_failed=retry_failed, progress=progress)
@@ -151,6 +155,12 @@ def run_experiment(
         results.update(again)
     with holding(out / ".writing.lock", store.lease_times):  # another run of this config into `out`
         return write_outputs(cfg, out, exp, ctx, units, store, outcome, results, executor, t0)
+
+
+def kernel_shape(cfg: AnyConfig, ctx: RunContext) -> Shape:
+    """What the size of this run's kernels depends on (for :func:`check_resources`)."""
+    s = ctx.splits
+    return Shape(len(s.x_val) + len(s.x_test), s.num_outputs, cfg.kernel.mode)
 
 
 def write_outputs(
