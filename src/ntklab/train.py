@@ -153,9 +153,9 @@ def train(
                 pred = model(x[idx])
             loss = loss_fn(cfg.loss, pred.float(), y[idx], labels[idx])
             if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"training loss became {loss.item()} at step {step}; lower train.lr."
-                )
+                from ntklab.divergence import nan_loss_message  # inputs, model or lr: name the cause
+
+                raise FloatingPointError(nan_loss_message(loss.item(), step, x[idx], cfg.lr))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -52,9 +53,9 @@ def load_mnist1d(num_samples: int = 25_000, train_split: float = 0.8, seed: int 
     args.pop("url", None)
     digest = hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:12]
     path = cache_dir() / f"mnist1d-{digest}.npz"
-    if path.is_file():
-        with np.load(path) as z:
-            x, y, xt, yt = z["x"], z["y"], z["x_test"], z["y_test"]
+    cached = _read_cache(path)
+    if cached is not None:
+        x, y, xt, yt = cached
     else:
         state = np.random.get_state()
         try:
@@ -66,6 +67,16 @@ def load_mnist1d(num_samples: int = 25_000, train_split: float = 0.8, seed: int 
         atomic_save_npz(path, x=x, y=y, x_test=xt, y_test=yt)
     names = tuple(str(i) for i in range(10))
     return RawDataset("mnist1d", x[:, None, :], y, xt[:, None, :], yt, 10, names)
+
+
+def _read_cache(path: Path) -> tuple[np.ndarray, ...] | None:
+    """The cached MNIST-1D arrays (data only, never a pickle); None if absent or unreadable
+    (then they are generated again)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return tuple(np.asarray(z[k]) for k in ("x", "y", "x_test", "y_test"))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
+        return None
 
 
 def load_digits(test_fraction: float = 0.2) -> RawDataset:

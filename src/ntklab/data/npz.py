@@ -1,7 +1,8 @@
 """A user's own data as one ``.npz``: ``x_train``, ``y_train``, ``x_test``, ``y_test``.
 
-Inputs in torch layout ((N, D), (N, C, L) or (N, C, H, W)). Integer ``y`` are class labels
-(0..C-1); float ``y`` ((N,) or (N, K)) are regression targets, used as they are.
+Inputs in torch layout ((N, D), (N, C, L) or (N, C, H, W)), real numbers within float32's
+range; ``y`` are integer class labels 0..C-1 (C at most 10,000). The arrays are checked by
+:func:`ntklab.data.checks.check_arrays` before anything else (one sentence per problem).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ntklab.data.checks import check_arrays
 from ntklab.data.raw import RawDataset
 from ntklab.errors import DataError
 
@@ -32,21 +34,7 @@ def load_npz(path: Path) -> RawDataset:
             x, y, xt, yt = (np.asarray(z[k]) for k in KEYS)
     except (zipfile.BadZipFile, ValueError, OSError) as exc:
         raise DataError(f"data file {path} is not a readable .npz ({type(exc).__name__}).") from None
-    if len(x) != len(y) or len(xt) != len(yt):
-        raise DataError(
-            f"data file {path}: x and y differ in length ({len(x)} vs {len(y)}, {len(xt)} vs {len(yt)})."
-        )
-    if x.shape[1:] != xt.shape[1:]:
-        raise DataError(
-            f"data file {path}: x_train samples {x.shape[1:]} and x_test samples {xt.shape[1:]} differ in shape."
-        )
-    if np.issubdtype(y.dtype, np.integer):
-        c = int(max(y.max(), yt.max())) + 1
-        if y.min() < 0 or yt.min() < 0 or y.ndim != 1:
-            raise DataError(f"data file {path}: integer labels must be a 1-D array of classes 0..C-1.")
-        return RawDataset(
-            path.stem, x.astype(np.float32), y.astype(np.int64), xt.astype(np.float32), yt.astype(np.int64), c
-        )
+    c = check_arrays(f"data file {path}", x, y, xt, yt)  # before the cast: overflow shows
     return RawDataset(
-        path.stem, x.astype(np.float32), y.astype(np.float32), xt.astype(np.float32), yt.astype(np.float32), 0
+        path.stem, x.astype(np.float32), y.astype(np.int64), xt.astype(np.float32), yt.astype(np.int64), c
     )

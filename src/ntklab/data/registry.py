@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ntklab.config import DataConfig
+from ntklab.data.checks import check_arrays
 from ntklab.data.prepare import Splits, prepare
 from ntklab.data.raw import RawDataset
 from ntklab.errors import DataError
@@ -65,11 +66,20 @@ def training_read(cfg: DataConfig, n_max: int | None = None) -> int | None:
 
 
 def load_raw(cfg: DataConfig, n_max: int | None = None) -> RawDataset:
-    """The raw dataset named by ``cfg.name``; only as much as ``n_max`` needs where possible."""
+    """The raw dataset named by ``cfg.name``; only as much as ``n_max`` needs where possible.
+
+    Every dataset is checked here (:func:`ntklab.data.checks.check_arrays`: empty splits,
+    shapes, labels, non-finite or out-of-range inputs), so every experiment and ``ntklab
+    explain`` stop with one sentence before any work. A user's ``.npz`` is checked by its
+    loader, on the arrays as stored.
+    """
     if cfg.name not in LOADERS:
         raise DataError(f"unknown dataset {cfg.name!r}; allowed: {', '.join(LOADERS)}.")
     # class subsets need the whole pool to find enough samples of the chosen classes
-    return LOADERS[cfg.name](cfg, training_read(cfg, n_max))
+    raw = LOADERS[cfg.name](cfg, training_read(cfg, n_max))
+    if cfg.name != "npz":
+        check_arrays(f"dataset {raw.name}", raw.x_train, raw.y_train, raw.x_test, raw.y_test)
+    return raw
 
 
 def load_splits(cfg: DataConfig, n_max: int | None = None) -> Splits:
