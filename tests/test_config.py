@@ -58,9 +58,19 @@ def test_toml_typo_and_missing_file(tmp_path) -> None:
 
 
 def test_epochs_replace_steps() -> None:
-    cfg = load_config(None, ["train.epochs=2", "train.batch_size=50"])
+    cfg = load_config(None, ["train.epochs=2", "train.batch_size=50", "train.min_steps=0"])
     assert cfg.train.steps is None
     assert cfg.train.total_steps(100) == 4
+    # the floor and the cap of the epoch rule
+    cfg = load_config(None, ["train.epochs=2", "train.batch_size=50", "train.min_steps=10"])
+    assert cfg.train.total_steps(100) == 10
+    cfg = load_config(None, ["train.epochs=100", "train.batch_size=50", "train.max_steps=30"])
+    assert cfg.train.total_steps(100) == 30
+    # data-scaling's default is the epoch rule; a user's steps replaces it
+    default = load_config(None, [])
+    assert default.train.epochs is not None and default.train.total_steps(4096) > default.train.total_steps(64)
+    cfg = load_config(None, ["train.steps=300"])
+    assert cfg.train.epochs is None and cfg.train.total_steps(4096) == 300
 
 
 def test_example_configs_validate() -> None:

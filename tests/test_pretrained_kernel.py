@@ -28,6 +28,7 @@ SMALL = [
     "data.n_test=100",
     "arch.width=8",
     "train.steps=30",
+    "train.early_stopping=false",
     "fit.bootstrap=50",
     "pretrained.n0=[64]",
 ]
@@ -44,7 +45,7 @@ def _one_thread() -> None:
 
 
 def tiny_args() -> list[str]:
-    args = [a for s in [*SMALL, "seeds=2", "pretrained.n0=[64, 256]"] for a in ("--set", s)]
+    args = [a for s in [*SMALL, "seeds=2", "pretrained.n0=[32, 64]"] for a in ("--set", s)]
     return [*args, "-q"]
 
 
@@ -60,13 +61,22 @@ def test_tiny_pretrained_kernel_run(tmp_path: Path) -> None:
         assert (out / name).is_file(), name
     summary = json.loads((out / "summary.json").read_text())
     assert summary["experiment"] == "pretrained-kernel"
-    names = {"nn", "entk", "ntk", "after_kernel@n0=64", "after_kernel@n0=256", "after_kernel@n0=n"}
+    names = {"nn", "entk", "ntk", "after_kernel@n0=32", "after_kernel@n0=64", "after_kernel@n0=n"}
     assert set(summary["exponents"]) == names
-    for e in summary["exponents"].values():
-        assert np.isfinite(e["alpha"]) and e["ci_low"] <= e["alpha"] <= e["ci_high"]
+    for m, e in summary["exponents"].items():
+        assert np.isfinite(e["alpha"]) and e["fit_n_max"] == 128
+        # the fixed-n0 after-kernel is fitted on n >= n0 only; 2 seeds x 2 points leave no CI
+        assert e["fit_n_min"] == (64 if m == "after_kernel@n0=64" else 32)
+        if m == "after_kernel@n0=64":
+            assert e["ci_low"] is None and e["ci_high"] is None
+        else:
+            assert e["ci_low"] <= e["alpha"] <= e["ci_high"]
+    assert set(summary["differences"]) == {f"nn-{m}" for m in names - {"nn"}}
+    assert summary["differences"]["nn-after_kernel@n0=64"]["fit_n_min"] == 64
+    assert summary["f0"] == "centered"
     assert set(summary["alpha_minus_nn"]) == names - {"nn", "entk", "ntk"}
     assert set(summary["mean_loss"]) == names and set(summary["mean_loss"]["nn"]) == {"32", "64", "128"}
-    assert summary["pretrain_steps"] == {"64": 30, "256": 30}
+    assert summary["pretrain_steps"] == {"32": 30, "64": 30}
     assert all(v > 0 for v in summary["kernel_distance_to_init"].values())
     # pre-trained on n0 = 64 with the network's training length: the network of `nn` at 64
     assert summary["pretrained_test_loss"]["after_kernel@n0=64"] == summary["mean_loss"]["nn"]["64"]
@@ -77,8 +87,7 @@ def test_tiny_pretrained_kernel_run(tmp_path: Path) -> None:
     for m in names:
         sel = [r for r in rows if r["method"] == m and r["metric"] == "test_mse"]
         assert sorted({int(r["n"]) for r in sel}) == [32, 64, 128], m
-    # n0 = 256 is beyond the grid's largest n: the pool was loaded large enough for it
-    assert any(r["method"] == "after_kernel@n0=256" and r["metric"] == "pretrain_test_mse" for r in rows)
+    assert any(r["method"] == "after_kernel@n0=32" and r["metric"] == "pretrain_test_mse" for r in rows)
 
 
 def test_after_kernel_at_step_zero_is_the_entk_at_init(ctx: RunContext) -> None:
@@ -111,8 +120,9 @@ def test_centered_after_kernel_excludes_the_frozen_copy() -> None:
 
 def test_pretrain_length_and_config() -> None:
     cfg = load_config(None, ["experiment=pretrained-kernel"])
-    assert cfg.pretrained.n0 == [1024] and cfg.pretrained.grow
-    assert cfg.pretrain_steps(1024) == cfg.train.total_steps(1024) == cfg.train.steps
+    assert cfg.pretrained.n0 == [256] and cfg.pretrained.grow
+    assert max(cfg.data.n_grid()) >= 4 * 256  # the fixed-n0 exponent is fitted on n >= n0
+    assert cfg.pretrain_steps(256) == cfg.train.total_steps(256) == cfg.train.min_steps
     # epochs: ceil(epochs * n0 / min(batch, n0)) steps
     cfg = load_config(None, ["experiment=pretrained-kernel", "pretrained.epochs=2", "train.batch_size=128"])
     assert cfg.pretrain_steps(1024) == 16 and cfg.pretrain_steps(64) == 2 and cfg.pretrain_steps(100) == 2
@@ -123,7 +133,9 @@ def test_pretrain_length_and_config() -> None:
     with pytest.raises(ConfigError, match="kernel.mode"):
         load_config(None, ["experiment=pretrained-kernel", "kernel.mode='full'"])
     # one unit per (n0, seed) plus, with grow, one per (n, seed)
-    cfg = load_config(None, [*SMALL, "seeds=2", "pretrained.n0=[64, 256]"])
+    cfg = load_config(None, [*SMALL, "seeds=2", "pretrained.n0=[32, 64]"])
+    with pytest.raises(ConfigError, match="pretrained.n0 = 128 leaves fewer than 2 grid points"):
+        load_config(None, [*SMALL, "pretrained.n0=[128]"])
     kinds = [u.kind for u in pretrained_kernel.plan(cfg)]
     assert kinds.count("after-kernel") == 2 * (2 + 3)
     no_grow = load_config(None, [*SMALL, "seeds=2", "pretrained.grow=false"])

@@ -7,7 +7,7 @@ import pytest
 from sklearn.kernel_ridge import KernelRidge
 
 from ntklab.regress import KernelRegressor
-from ntklab.scaling import fit_power_law, fit_with_ci
+from ntklab.scaling import fit_power_law, fit_with_ci, paired_difference
 
 
 def kernel(n: int, m: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -71,3 +71,52 @@ def test_offset_fit_recovers_exponent_and_floor() -> None:
     assert abs(alpha - 0.6) < 1e-3 and abs(c - 0.05) < 1e-3
     # without the offset the floor bends the fit and lowers α
     assert fit_power_law(n, 2.0 * n**-0.6 + 0.05)[0] < 0.5
+
+
+def _power_law_table(rng: np.random.Generator, alpha: float, noise: float, seeds: int, n: np.ndarray):
+    """Losses (S, m) of a power law 2·n^-α with a per-seed offset and log-normal cell noise."""
+    offset = rng.normal(0, 0.1, size=(seeds, 1))
+    return 2.0 * n**-alpha * np.exp(offset + rng.normal(0, noise, size=(seeds, len(n))))
+
+
+def test_intervals_cover_the_true_exponent_and_difference() -> None:
+    """200 synthetic experiments (3 seeds x 7 points, 10 % log-normal noise, as the default
+    grid): the 95 % interval of α and of the paired difference α_A − α_B each contain the true
+    value in 90–98 % of them. The two methods share each seed's offset and half their noise,
+    as a network and its eNTK share a seed's data subset and initialization."""
+    rng = np.random.default_rng(2)  # seeds 1-4 give 91-95 % (α) and 92-97 % (difference)
+    n = 64.0 * 2 ** np.arange(7)
+    hit_a = hit_d = 0
+    for rep in range(200):
+        shared = _power_law_table(rng, 0.0, 0.07, 3, n)
+        a = _power_law_table(rng, 0.4, 0.07, 3, n) * shared
+        b = _power_law_table(rng, 0.25, 0.07, 3, n) * shared
+        fit = fit_with_ci(n, a, n_boot=400, seed=rep)
+        hit_a += fit.ci_low <= 0.4 <= fit.ci_high
+        d = paired_difference(n, a, b, n_boot=400, seed=rep)
+        hit_d += d.ci_low <= 0.15 <= d.ci_high
+    assert 180 <= hit_a <= 196, hit_a
+    assert 180 <= hit_d <= 196, hit_d
+
+
+def test_no_interval_without_the_data_for_one() -> None:
+    """One seed and two grid points: no interval (None), not a zero-width one."""
+    fit = fit_with_ci(np.array([64.0, 128.0]), np.array([[0.5, 0.4]]), n_boot=100)
+    assert fit.ci_low is None and fit.ci_high is None and np.isfinite(fit.alpha)
+    d = paired_difference(np.array([64.0, 128.0]), np.array([[0.5, 0.4]]), np.array([[0.6, 0.5]]))
+    assert d.ci_low is None and abs(d.delta - (fit.alpha - fit_power_law([64, 128], [0.6, 0.5])[0])) < 1e-12
+
+
+def test_a_curve_that_bends_is_flagged() -> None:
+    """A plateau (a floor under the power law) and a bump at small n are flagged
+    (fit_ok false); a clean power law with the same noise is not."""
+    rng = np.random.default_rng(0)
+    n = 64.0 * 2 ** np.arange(7)
+    noise = lambda: np.exp(rng.normal(0, 0.03, size=(3, len(n))))  # noqa: E731
+    clean = fit_with_ci(n, 2.0 * n**-0.4 * noise(), n_boot=100)
+    assert clean.fit_ok and clean.fit_rms < 0.03
+    plateau = fit_with_ci(n, (2.0 * n**-0.8 + 0.1) * noise(), n_boot=100)
+    assert not plateau.fit_ok and plateau.fit_p < 0.01
+    bump = 2.0 * n**-0.4 * noise()
+    bump[:, :2] *= 1.6  # worse than the law at the two smallest n (an untrained start)
+    assert not fit_with_ci(n, bump, n_boot=100).fit_ok

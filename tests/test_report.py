@@ -205,7 +205,7 @@ def table_rows(md: str) -> dict[str, list[str]]:
     rows = {}
     for line in md.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 6 and re.fullmatch(r"-?\d+\.\d{3}|nan", cells[2]):
+        if len(cells) == 8 and not cells[0].startswith("Δα") and re.fullmatch(r"-?\d+\.\d{3}|nan", cells[2]):
             rows[cells[1]] = cells[2:]
     return rows
 

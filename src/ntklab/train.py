@@ -85,19 +85,58 @@ class TrainResult:
     Attributes
     ----------
     model : nn.Module
-        The trained network (centered when ``train.center_output``).
+        The trained network (centered when ``train.center_output``); with early stopping, the
+        best-validation checkpoint.
     history : list of dict
-        ``{"step", "epoch", "lr", "train_loss"}`` at logged steps.
+        ``{"step", "epoch", "lr", "train_loss"}`` at logged steps (mini-batch losses).
     checkpoints : dict[int, dict[str, Tensor]]
         ``state_dict`` copies at the requested steps (step 0 = initialization).
     steps : int
-        Optimizer steps taken.
+        Optimizer steps taken (fewer than planned when early stopping ended training).
+    planned_steps : int
+        Steps the rule planned (:meth:`TrainConfig.total_steps` or ``steps``).
+    best_step : int
+        Step of the returned weights (the last step without early stopping).
+    val_history : list of dict
+        ``{"step", "val_loss"}`` at every validation evaluation (empty without validation).
     """
 
     model: nn.Module
     history: list[dict[str, float]] = field(default_factory=list)
     checkpoints: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
     steps: int = 0
+    planned_steps: int = 0
+    best_step: int = 0
+    val_history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.steps < self.planned_steps
+
+    @property
+    def final_train_loss(self) -> float:
+        """Mean mini-batch training loss over the last 10 % of the steps taken."""
+        return window_loss(self.history, self.steps, 0.0, 0.1)
+
+    @property
+    def still_falling(self) -> bool:
+        """True when training ran to its planned end with the training loss still falling.
+
+        The mean mini-batch loss of the last 10 % of steps is more than 5 % below that of the
+        10 % before them: more steps would most likely have fitted the training set better.
+        A run ended by early stopping is not flagged (validation said stop).
+        """
+        if self.stopped_early or self.steps < 20:
+            return False
+        last = window_loss(self.history, self.steps, 0.0, 0.1)
+        before = window_loss(self.history, self.steps, 0.1, 0.2)
+        return bool(last < 0.95 * before)
+
+
+def window_loss(history: list[dict[str, float]], end: int, lo: float, hi: float) -> float:
+    """Mean logged training loss over steps in (end − hi·end, end − lo·end] (NaN when none)."""
+    sel = [h["train_loss"] for h in history if end - hi * end <= h["step"] < end - lo * end]
+    return float(np.mean(sel)) if sel else float("nan")
 
 
 def train(
@@ -109,16 +148,22 @@ def train(
     *,
     seed: int,
     steps: int | None = None,
+    val: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     checkpoint_steps: Sequence[int] = (),
     on_checkpoint: Callable[[int, nn.Module], None] | None = None,
     progress: bool | None = None,
-    log_every: int = 50,
+    log_every: int | None = None,
 ) -> TrainResult:
     """Train ``model`` on (x (n, ...), y (n, K), labels (n,)) for ``steps`` (default from cfg).
 
     Mini-batches are drawn by reshuffling every epoch with a generator seeded by ``seed``.
     ``on_checkpoint(step, model)`` is called at every step in ``checkpoint_steps`` (before the
     update of that step; step = total means the end), and a copy of the state dict is kept.
+
+    With ``val = (x_val, y_val, labels_val)`` the validation loss (the training loss function
+    on the whole validation set) is evaluated ``cfg.evals`` times over training; with
+    ``cfg.early_stopping`` training stops once ``cfg.patience`` of the planned steps have
+    passed without a better validation loss, and the best-validation weights are returned.
     Raises ``FloatingPointError`` if the loss becomes NaN or infinite.
     """
     if cfg.center_output and not isinstance(model, Centered):
@@ -126,10 +171,14 @@ def train(
     n = len(x)
     total = cfg.total_steps(n) if steps is None else steps
     bs = min(cfg.batch_size, n)
+    log_every = log_every or max(1, min(50, total // 100))
     gen = torch.Generator().manual_seed(int(seed))
     opt = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
-    result = TrainResult(model)
+    result = TrainResult(model, planned_steps=total, best_step=total)
     wanted = set(int(s) for s in checkpoint_steps)
+    eval_at = set() if val is None else {round(total * i / cfg.evals) for i in range(cfg.evals + 1)}
+    patience = max(1, math.ceil(cfg.patience * total))
+    best: tuple[float, int, dict[str, torch.Tensor] | None] = (math.inf, 0, None)
     autocast = cfg.precision == "bf16-mixed"
     device_type = x.device.type
     order = torch.randperm(n, generator=gen)
@@ -141,6 +190,15 @@ def train(
                 result.checkpoints[step] = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 if on_checkpoint is not None:
                     on_checkpoint(step, model)
+            if step in eval_at:
+                loss_val = val_loss(model, cfg.loss, *val)
+                model.train()
+                result.val_history.append({"step": step, "val_loss": loss_val})
+                if loss_val < best[0]:
+                    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    best = (loss_val, step, state if cfg.early_stopping else None)
+                elif cfg.early_stopping and step - best[1] >= patience:
+                    break
             if step == total:
                 break
             if pos + bs > n:
@@ -170,9 +228,24 @@ def train(
                 )
                 bar.set_postfix(loss=f"{loss.item():.4f}")
             bar.update(1)
-    result.steps = total
+    result.steps = step
+    if best[2] is not None:
+        model.load_state_dict(best[2])
+        result.best_step = best[1]
+    else:
+        result.best_step = step
     model.eval()
     return result
+
+
+@torch.no_grad()
+def val_loss(
+    model: nn.Module, kind: str, x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor, batch: int = 4096
+) -> float:
+    """The training loss function on a whole held-out set (eval mode)."""
+    model.eval()
+    pred = torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)]).float()
+    return float(loss_fn(kind, pred, y, labels))
 
 
 @torch.no_grad()

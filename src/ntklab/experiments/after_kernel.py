@@ -7,7 +7,8 @@ eNTK there,
 
 then run kernel ridge regression f̂(x) = Θ_T(x, X)(Θ_T(X, X) + λ·(tr Θ_T / n)·I)⁻¹ Y on n
 samples (n smaller or larger than n₀; the n₀ pre-training samples are the first n₀ of the same
-nested pool). The network is initialized, and its mini-batches drawn, exactly as
+nested pool, or with ``disjoint`` the last n₀ of the repetition's pool order, which no
+regression set of the grid reaches). The network is initialized, and its mini-batches drawn, exactly as
 :func:`ntklab.experiments.units.train_network` does (``init_seed(seed_index)``,
 ``batch_seed(seed_index, n₀)``), so with T = 0 the after-kernel is the eNTK at initialization
 and with n₀ = n and the network's own training length it is the eNTK of the very network that
@@ -23,23 +24,22 @@ import time
 from typing import Any
 
 import numpy as np
-import torch
 
 from ntklab.experiments.common import arch_reads, data_reads
-from ntklab.experiments.units import entk_kernel_fn, kernel_blocks, train_on
+from ntklab.experiments.units import entk_kernel_fn, kernel_blocks, network_metrics, train_on
 from ntklab.run.units import Unit
-from ntklab.train import evaluate
 
 FN = "ntklab.experiments.after_kernel:after_kernel"
 
 
-def pretrain(ctx: Any, n0: int, seed_index: int, steps: int, width: int | None = None) -> torch.nn.Module:
-    """The network of repetition ``seed_index`` trained for ``steps`` steps on train[:n0]."""
-    return train_on(ctx, n0, seed_index, steps, width).model
-
-
 def after_kernel(
-    ctx: Any, n0: int, n: int, seed_index: int, steps: int, width: int | None = None
+    ctx: Any,
+    n0: int,
+    n: int,
+    seed_index: int,
+    steps: int,
+    width: int | None = None,
+    disjoint: bool = False,
 ) -> dict[str, Any]:
     """Unit: the after-kernel Θ_T on train[:n] + validation + test, and the trained net's metrics.
 
@@ -50,41 +50,35 @@ def after_kernel(
     seed_index : repetition (initialization and batch order, as ``train_network``)
     steps : T, optimizer steps of the pre-training (0 = the eNTK at initialization)
     width : overrides ``arch.width``
+    disjoint : pre-train on the last n0 points of the repetition's pool order instead
 
     Returns
     -------
     dict with ``train`` (n, n) and ``cross`` (V + T, n) float64 kernel blocks (validation rows
     then test rows, as :func:`kernel_blocks`), and the pre-trained network's ``test_mse``,
-    ``test_error``, ``train_mse``, ``train_error`` (on train[:n0]), ``steps``, ``seconds``.
+    ``test_error``, ``train_mse``, ``train_error`` (on its n0 points), ``steps`` (taken: early
+    stopping may end pre-training before T), ``seconds``.
     """
     t0 = time.perf_counter()
-    s = ctx.splits
-    model = pretrain(ctx, n0, seed_index, steps, width)
-    blocks = kernel_blocks(ctx, entk_kernel_fn(ctx, model), n)
-    test = evaluate(model, ctx.tensor(s.x_test), ctx.tensor(s.y_test), ctx.tensor(s.labels_test, torch.long))
-    fit = evaluate(
-        model,
-        ctx.tensor(s.x_train[:n0]),
-        ctx.tensor(s.y_train[:n0]),
-        ctx.tensor(s.labels_train[:n0], torch.long),
-    )
+    res = train_on(ctx, n0, seed_index, steps, width, from_end=disjoint)
+    blocks = kernel_blocks(ctx, entk_kernel_fn(ctx, res.model), n, seed_index)
+    metrics = network_metrics(ctx, res.model, n0, seed_index, from_end=disjoint)
     return {
         "train": np.asarray(blocks["train"], dtype=np.float64),
         "cross": np.asarray(blocks["cross"], dtype=np.float64),
-        "test_mse": test["mse"],
-        "test_error": test["error"],
-        "train_mse": fit["mse"],
-        "train_error": fit["error"],
-        "steps": int(steps),
+        **metrics,
+        "steps": int(res.steps),
         "seconds": time.perf_counter() - t0,
     }
 
 
 def after_kernel_unit(
-    cfg: Any, n0: int, n: int, seed_index: int, steps: int, width: int | None = None
+    cfg: Any, n0: int, n: int, seed_index: int, steps: int, width: int | None = None, disjoint: bool = False
 ) -> Unit:
     """The unit of :func:`after_kernel` (it reads what training and the eNTK read)."""
     args = {"n0": n0, "n": n, "seed_index": seed_index, "steps": steps, "width": width}
+    if disjoint:
+        args["disjoint"] = True
     reads = {
         "seed": cfg.seed,
         "data": data_reads(cfg),
@@ -94,4 +88,4 @@ def after_kernel_unit(
         "output_index": cfg.kernel.output_index,
     }
     label = f"after-kernel n0={n0} T={steps} n={n} seed={seed_index}" + (f" w={width}" if width else "")
-    return Unit("after-kernel", FN, args, reads, label=label)
+    return Unit("after-kernel", FN, args, reads, version=2, label=label)

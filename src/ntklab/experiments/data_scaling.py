@@ -1,9 +1,19 @@
 """Experiment ``data-scaling``: test loss vs n for the network and for kernel regression.
 
-For every n of the grid and every repetition: train the network on the first n samples
+Every repetition i draws its own nested training subsets (the first n points of its own order
+of the pool, :meth:`~ntklab.run.context.RunContext.seed_splits`). For every n of the grid and
+every repetition: train the network on those n samples with the config's training rule
 (method ``nn``); compute the eNTK at initialization once on the largest n plus the validation
 and test points and slice it for every smaller n (``entk``); the infinite-width NTK and NNGP
-of the same spec likewise (``ntk``, ``nngp``, seed-independent). Fit L(n) ≈ a·n^(−α).
+of the same spec likewise on each repetition's points (``ntk``, ``nngp``). Fit
+L(n) ≈ a·n^(−α) per method, and the paired difference of every kernel method's α to the
+network's (:func:`ntklab.experiments.tidy.exponents`).
+
+The predictor convention (summary ``f0``): ``"centered"`` (``train.center_output``, the
+default) trains f − f0, so the network starts from the zero function like kernel regression
+K(x, X)(K + λI)⁻¹Y; ``"added"`` trains f itself and the eNTK predicts
+f0(x) + K(x, X)(K + λI)⁻¹(Y − f0(X)) with the same network's f0 (the infinite kernels use the
+mean predictor, f0 = 0).
 """
 
 from __future__ import annotations
@@ -14,7 +24,7 @@ import numpy as np
 
 from ntklab.config import DataScalingConfig
 from ntklab.experiments.common import arch_label, arch_reads, data_reads, regress_grid
-from ntklab.experiments.tidy import exponents, row, rows_from
+from ntklab.experiments.tidy import mean_loss_at, row, rows_from, scaling_summary, training_summary
 from ntklab.run.units import Unit
 
 NAME = "data-scaling"
@@ -36,6 +46,7 @@ def train_unit(cfg: Any, n: int, seed_index: int, width: int | None = None, step
         f"{U}:train_network",
         args,
         reads,
+        version=2,
         label=f"train n={n} seed={seed_index}" + (f" w={width}" if width else ""),
     )
 
@@ -55,6 +66,7 @@ def entk_unit(cfg: Any, n: int, seed_index: int, width: int | None = None) -> Un
         f"{U}:entk_at_init",
         args,
         reads,
+        version=2,
         label=f"eNTK n={n} seed={seed_index}" + (f" w={width}" if width else ""),
     )
 
@@ -72,8 +84,9 @@ def spans(n: int, block: int | None = None) -> list[tuple[int, int]]:
     return [(i, min(i + b, n)) for i in range(0, n, b)]
 
 
-def infinite_units(cfg: Any, n: int, cross: bool = True) -> list[Unit]:
-    """Infinite NNGP and NTK on the first n training points, as independent blocks.
+def infinite_units(cfg: Any, n: int, seed_index: int, cross: bool = True) -> list[Unit]:
+    """Infinite NNGP and NTK on repetition ``seed_index``'s first n training points, as
+    independent blocks.
 
     K(train[:n], train[:n]) in blocks of :data:`INFINITE_BLOCK` points on and above the
     diagonal, and (``cross``) K(val+test, train[:n]) in column blocks: about n²/2B² + 3n/2B
@@ -87,7 +100,10 @@ def infinite_units(cfg: Any, n: int, cross: bool = True) -> list[Unit]:
     sp = spans(n)
 
     def unit(args: dict, label: str) -> Unit:
-        return Unit("infinite", f"{U}:infinite_block", args, reads, label=f"NTK/NNGP {label}")
+        args = {**args, "seed_index": seed_index}
+        return Unit(
+            "infinite", f"{U}:infinite_block", args, reads, version=2, label=f"NTK/NNGP s{seed_index} {label}"
+        )
 
     units = (
         [unit({"part": "cross", "cols": list(c)}, f"eval x train[{c[0]}:{c[1]}]") for c in sp]
@@ -107,11 +123,11 @@ def infinite_units(cfg: Any, n: int, cross: bool = True) -> list[Unit]:
 
 
 def infinite_result(
-    cfg: Any, n: int, results: dict[str, Any], cross: bool = True
+    cfg: Any, n: int, seed_index: int, results: dict[str, Any], cross: bool = True
 ) -> dict[str, dict[str, np.ndarray]] | None:
     """``{"nngp"|"ntk": {"train": (n, n), "cross": (V+T, n)}}`` from the blocks of
     :func:`infinite_units` ("cross" only with ``cross``); None while any block is missing."""
-    parts = [(u.args, results.get(u.key)) for u in infinite_units(cfg, n, cross)]
+    parts = [(u.args, results.get(u.key)) for u in infinite_units(cfg, n, seed_index, cross)]
     if not parts or any(r is None for _, r in parts):
         return None
     out: dict[str, dict[str, np.ndarray]] = {}
@@ -137,9 +153,9 @@ def plan(cfg: Any) -> list[Unit]:
     init and the networks (also the base of pretrained-kernel's plan)."""
     grid, n_max = cfg.data.n_grid(), cfg.data.n_max
     units: list[Unit] = []
-    if {"ntk", "nngp"} & set(cfg.methods):
-        units += infinite_units(cfg, n_max)
     for i in range(cfg.seeds):
+        if {"ntk", "nngp"} & set(cfg.methods):
+            units += infinite_units(cfg, n_max, i)
         if "entk" in cfg.methods:
             units.append(entk_unit(cfg, n_max, i))
         if "nn" in cfg.methods:
@@ -147,21 +163,38 @@ def plan(cfg: Any) -> list[Unit]:
     return units
 
 
+def f0_convention(cfg: Any) -> str:
+    """``"centered"`` when the network is trained as f − f0 (``train.center_output``), else
+    ``"added"`` (kernel regression adds the network's f0 back)."""
+    return "centered" if cfg.train.center_output else "added"
+
+
 def kernel_rows(
     cfg: Any, ctx: Any, method: str, kernel: dict, seed: int, width: int, grid: list[int]
 ) -> list[dict]:
-    """Regression rows of one kernel across the grid."""
+    """Regression rows of one kernel of repetition ``seed`` across the grid; under the
+    ``"added"`` convention a kernel that carries the network's outputs (``f0_train``,
+    ``f0_cross``) predicts f0 + K(Y − f0)."""
+    f0 = None
+    if f0_convention(cfg) == "added" and "f0_train" in kernel:
+        f0 = (kernel["f0_train"], kernel["f0_cross"])
     recs = regress_grid(
-        kernel["train"], kernel["cross"], ctx.splits, grid, cfg.kernel.ridges, cfg.kernel.ridge
+        kernel["train"], kernel["cross"], ctx.seed_splits(seed), grid, cfg.kernel.ridges, cfg.kernel.ridge, f0
     )
     return [r for rec in recs for r in rows_from(cfg.experiment, method, width, seed, rec, METRICS)]
 
 
+NN_METRICS = ("test_mse", "test_error", "train_mse", "train_error", "train_loss", "best_step", "still_falling")
+
+
 def nn_rows(cfg: Any, method: str, result: dict, n: int, seed: int, width: int) -> list[dict]:
-    """Rows of one trained network."""
+    """Rows of one trained network: its test and train metrics, final training loss, the step
+    of the kept weights and whether its training loss was still falling (row step = steps
+    taken)."""
     return [
         row(cfg.experiment, method, n, width, seed, result["steps"], m, result[m])
-        for m in ("test_mse", "test_error", "train_mse", "train_error")
+        for m in NN_METRICS
+        if m in result
     ]
 
 
@@ -170,12 +203,12 @@ def base_rows(cfg: Any, results: dict[str, Any], ctx: Any) -> list[dict]:
     networks, as asked by ``cfg.methods`` (missing units are skipped)."""
     grid, n_max, w = cfg.data.n_grid(), cfg.data.n_max, cfg.arch.width
     rows: list[dict] = []
-    inf = infinite_result(cfg, n_max, results) if {"ntk", "nngp"} & set(cfg.methods) else None
-    if inf is not None:
-        for m in ("ntk", "nngp"):
-            if m in cfg.methods:
-                rows += kernel_rows(cfg, ctx, m, inf[m], 0, 0, grid)
     for i in range(cfg.seeds):
+        inf = infinite_result(cfg, n_max, i, results) if {"ntk", "nngp"} & set(cfg.methods) else None
+        if inf is not None:
+            for m in ("ntk", "nngp"):
+                if m in cfg.methods:
+                    rows += kernel_rows(cfg, ctx, m, inf[m], i, 0, grid)
         k = results.get(entk_unit(cfg, n_max, i).key)
         if k is not None and "entk" in cfg.methods:
             rows += kernel_rows(cfg, ctx, "entk", k, i, w, grid)
@@ -189,7 +222,18 @@ def base_rows(cfg: Any, results: dict[str, Any], ctx: Any) -> list[dict]:
 def analyze(cfg: DataScalingConfig, results: dict[str, Any], ctx: Any) -> tuple[list[dict], dict[str, Any]]:
     """Tidy rows and the summary's ``exponents`` from unit results (missing units are skipped)."""
     rows = base_rows(cfg, results, ctx)
-    return rows, {"exponents": exponents(rows, cfg.fit, cfg.seed), "n_grid": cfg.data.n_grid()}
+    return rows, {**scaling_summary(rows, cfg.fit, cfg.seed), **common_summary(cfg, rows)}
+
+
+def common_summary(cfg: Any, rows: list[dict]) -> dict[str, Any]:
+    """Summary keys every scaling experiment shares: the grid, the f0 convention, the mean test
+    loss of every method at the largest n and how the networks trained."""
+    return {
+        "n_grid": cfg.data.n_grid(),
+        "f0": f0_convention(cfg),
+        "test_loss_at_n_max": mean_loss_at(rows, cfg.fit.metric, cfg.data.n_max),
+        "training": training_summary(rows, cfg.train.rule()),
+    }
 
 
 def figures(cfg: DataScalingConfig, rows: list[dict], summary: dict, out_dir) -> list:

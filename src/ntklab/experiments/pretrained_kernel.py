@@ -14,13 +14,16 @@ L(n) ≈ a·n^(−α):
 * ``nn``: the network trained from scratch on each n (units shared with ``data-scaling``);
 * ``entk``: the eNTK at initialization; ``ntk`` (``nngp``): the infinite-width kernels;
 * ``after_kernel@n0=N0``: the after-kernel of the network pre-trained on N0 samples, fixed,
-  for every n (one per value of ``pretrained.n0``);
+  for every n (one per value of ``pretrained.n0``); its exponent is fitted on n ≥ N0 only
+  (``fit_n_min``, ``fit_n_max`` beside ``alpha``), and with ``pretrained.disjoint`` the N0
+  pre-training samples are disjoint from every regression set;
 * ``after_kernel@n0=n`` (``pretrained.grow``): for each n the after-kernel of the network
   pre-trained on that same n; with the default pre-training length this is the eNTK of the
   very network of method ``nn`` at n, so its α shows whether the after-kernel keeps up with
   the network's.
 
-The summary adds, per after-kernel method, ``alpha_minus_nn`` (α − α_nn), the mean test loss
+The summary adds ``differences`` (paired bootstrap of α_nn − α_method, on the range both are
+fitted on), per after-kernel method ``alpha_minus_nn`` (α − α_nn), the mean test loss
 table ``mean_loss`` {method: {n: L}}, the pre-trained networks' own test loss and the cosine
 kernel distance S(Θ_T, Θ_0) = 1 − ⟨Θ_T, Θ_0⟩_F / (‖Θ_T‖_F ‖Θ_0‖_F) to the eNTK at init on the
 first ``min(256, n_max)`` training points (how far the kernel moved).
@@ -38,7 +41,7 @@ from ntklab.experiments import data_scaling
 from ntklab.experiments.after_kernel import after_kernel_unit
 from ntklab.experiments.common import arch_label, regress_grid
 from ntklab.experiments.data_scaling import METRICS, entk_unit, kernel_rows
-from ntklab.experiments.tidy import exponents, row, rows_from
+from ntklab.experiments.tidy import row, rows_from, scaling_summary
 from ntklab.kernels.metrics import kernel_distance
 from ntklab.run.units import Unit
 
@@ -53,13 +56,22 @@ def fixed_method(n0: int) -> str:
 
 
 def fixed_unit(cfg: PretrainedKernelConfig, n0: int, seed_index: int) -> Unit:
-    """After-kernel pre-trained on n0, on the largest n of the grid."""
-    return after_kernel_unit(cfg, n0, cfg.data.n_max, seed_index, cfg.pretrain_steps(n0))
+    """After-kernel pre-trained on n0 (disjoint from the regression sets with
+    ``pretrained.disjoint``), on the largest n of the grid."""
+    return after_kernel_unit(
+        cfg, n0, cfg.data.n_max, seed_index, cfg.pretrain_steps(n0), disjoint=cfg.pretrained.disjoint
+    )
 
 
 def grow_unit(cfg: PretrainedKernelConfig, n: int, seed_index: int) -> Unit:
     """After-kernel pre-trained on n, on the same n."""
     return after_kernel_unit(cfg, n, n, seed_index, cfg.pretrain_steps(n))
+
+
+def fit_ranges(cfg: PretrainedKernelConfig) -> dict[str, int]:
+    """The after-kernel pre-trained on n₀ is fitted on n ≥ n₀ only: below n₀ its kernel has
+    already seen more labels than the regression, a different regime that would bias α."""
+    return {fixed_method(n0): n0 for n0 in cfg.pretrained.n0}
 
 
 def plan(cfg: PretrainedKernelConfig) -> list[Unit]:
@@ -115,12 +127,13 @@ def analyze(
                 if res is None:
                     continue
                 (rec,) = regress_grid(
-                    res["train"], res["cross"], ctx.splits, [n], cfg.kernel.ridges, cfg.kernel.ridge
+                    res["train"], res["cross"], ctx.seed_splits(i), [n], cfg.kernel.ridges, cfg.kernel.ridge
                 )
                 rows += rows_from(cfg.experiment, GROW, w, i, rec, METRICS)
                 rows += pretrain_rows(cfg, GROW, res, n, i)
 
-    exps = exponents(rows, cfg.fit, cfg.seed)
+    scaling = scaling_summary(rows, cfg.fit, cfg.seed, fit_ranges(cfg))
+    exps = scaling["exponents"]
     methods = sorted({r["method"] for r in rows if r["metric"] == cfg.fit.metric})
     mean_loss = {
         m: {str(n): v for n in grid if (v := mean_of(rows, m, cfg.fit.metric, n)) is not None}
@@ -131,10 +144,10 @@ def analyze(
     moved = {m: v for m in fixed if (v := mean_of(rows, m, "kernel_distance_to_init")) is not None}
     pre_loss = {m: v for m in fixed if (v := mean_of(rows, m, f"pretrain_{cfg.fit.metric}")) is not None}
     summary = {
-        "exponents": exps,
+        **scaling,
         "alpha_minus_nn": {m: exps[m]["alpha"] - exps["nn"]["alpha"] for m in after if "nn" in exps},
         "mean_loss": mean_loss,
-        "n_grid": grid,
+        **data_scaling.common_summary(cfg, rows),
         "n0": cfg.pretrained.n0,
         "pretrain_steps": {str(n0): cfg.pretrain_steps(n0) for n0 in cfg.pretrained.n0},
         "grow_pretrain_steps": {str(n): cfg.pretrain_steps(n) for n in grid} if cfg.pretrained.grow else {},

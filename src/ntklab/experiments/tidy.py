@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
 from ntklab.config import FitConfig
-from ntklab.scaling import fit_with_ci
+from ntklab.scaling import fit_with_ci, paired_difference
 
 COLUMNS = ("experiment", "method", "n", "width", "seed", "step", "metric", "value")
 
@@ -49,13 +48,22 @@ def loss_table(rows: list[dict[str, Any]], method: str, metric: str) -> tuple[np
     return np.array(grid), table
 
 
-def exponents(rows: list[dict[str, Any]], fit: FitConfig, seed: int) -> dict[str, dict[str, float]]:
-    """α with its bootstrap CI for every method in ``rows`` (at least 2 grid points needed)."""
-    out: dict[str, dict[str, float]] = {}
+def _usable(grid: np.ndarray, table: np.ndarray, n_min: int) -> np.ndarray:
+    """Grid points with a finite, positive loss for every repetition, at n ≥ n_min."""
+    return np.all(np.isfinite(table), 0) & (np.nanmean(table, 0) > 0) & (grid >= n_min)
+
+
+def exponents(
+    rows: list[dict[str, Any]], fit: FitConfig, seed: int, min_n: dict[str, int] | None = None
+) -> dict[str, dict[str, Any]]:
+    """α with its bootstrap CI, goodness of fit and fitted range (``fit_n_min``, ``fit_n_max``)
+    for every method in ``rows`` (at least 2 grid points needed); ``min_n[method]`` restricts a
+    method's fit to n ≥ that value (the after-kernel pre-trained on n₀ fits n ≥ n₀)."""
+    out: dict[str, dict[str, Any]] = {}
     methods = sorted({r["method"] for r in rows if r["metric"] == fit.metric})
     for m in methods:
         grid, table = loss_table(rows, m, fit.metric)
-        usable = np.all(np.isfinite(table), 0) & (np.nanmean(table, 0) > 0)
+        usable = _usable(grid, table, (min_n or {}).get(m, 0))
         if usable.sum() < 2:
             continue
         res = fit_with_ci(
@@ -65,9 +73,75 @@ def exponents(rows: list[dict[str, Any]], fit: FitConfig, seed: int) -> dict[str
     return out
 
 
-def by_method(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Rows grouped by method."""
-    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+def differences(
+    rows: list[dict[str, Any]],
+    fit: FitConfig,
+    seed: int,
+    reference: str = "nn",
+    min_n: dict[str, int] | None = None,
+    methods: list[str] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """``{"nn-entk": {"delta": α_nn − α_entk, "ci_low", "ci_high", "fit_n_min", "fit_n_max"}}``
+    for every other method: a paired bootstrap over the (seed, n) cells both have, on the n
+    range both are fitted on (:func:`ntklab.scaling.paired_difference`); ``methods`` limits the
+    comparison to those."""
+    present = {r["method"] for r in rows if r["metric"] == fit.metric} - {reference}
+    methods = sorted(present if methods is None else present & set(methods))
+    if not any(r["method"] == reference and r["metric"] == fit.metric for r in rows):
+        return {}
+    ref_grid, ref_table = loss_table(rows, reference, fit.metric)
+    ref_seeds = sorted({r["seed"] for r in rows if r["method"] == reference and r["metric"] == fit.metric})
+    out: dict[str, dict[str, Any]] = {}
+    for m in methods:
+        grid, table = loss_table(rows, m, fit.metric)
+        seeds = sorted({r["seed"] for r in rows if r["method"] == m and r["metric"] == fit.metric})
+        common_n = [n for n in grid if n in ref_grid and n >= (min_n or {}).get(m, 0)]
+        common_s = [s for s in seeds if s in ref_seeds]
+        if len(common_n) < 2 or not common_s:
+            continue
+        a = ref_table[np.ix_([ref_seeds.index(s) for s in common_s], [list(ref_grid).index(n) for n in common_n])]
+        b = table[np.ix_([seeds.index(s) for s in common_s], [list(grid).index(n) for n in common_n])]
+        d = paired_difference(
+            np.array(common_n), a, b, offset=fit.offset, n_boot=fit.bootstrap, ci=fit.ci, seed=seed
+        )
+        out[f"{reference}-{m}"] = d.as_dict()
+    return out
+
+
+def scaling_summary(
+    rows: list[dict[str, Any]], fit: FitConfig, seed: int, min_n: dict[str, int] | None = None
+) -> dict[str, Any]:
+    """The summary's ``exponents`` and ``differences`` (to the network) of ``rows``."""
+    return {
+        "exponents": exponents(rows, fit, seed, min_n),
+        "differences": differences(rows, fit, seed, min_n=min_n),
+    }
+
+
+def mean_loss_at(rows: list[dict[str, Any]], metric: str, n: int) -> dict[str, float]:
+    """{method: mean over repetitions of ``metric`` at n} for every method that has it."""
+    vals: dict[str, list[float]] = {}
     for r in rows:
-        groups[r["method"]].append(r)
-    return dict(groups)
+        if r["metric"] == metric and r["n"] == n:
+            vals.setdefault(r["method"], []).append(r["value"])
+    return {m: float(np.mean(v)) for m, v in sorted(vals.items())}
+
+
+def training_summary(rows: list[dict[str, Any]], rule: str) -> dict[str, Any]:
+    """How the networks (methods ``nn``, ``nn@…``) trained: the stated ``rule``, per method and n
+    the mean final training loss, steps taken and step of the kept weights, and the list of
+    networks whose training loss was still falling at the end (``still_falling``)."""
+    out: dict[str, Any] = {"rule": rule, "per_n": {}, "still_falling": []}
+    for r in rows:
+        if not r["method"].split("@")[0] == "nn":
+            continue
+        entry = out["per_n"].setdefault(r["method"], {}).setdefault(str(r["n"]), {"steps": [], "train_loss": []})
+        if r["metric"] == "train_loss":
+            entry["train_loss"].append(r["value"])
+            entry["steps"].append(r["step"])
+        if r["metric"] == "still_falling" and r["value"] > 0:
+            out["still_falling"].append({"method": r["method"], "n": r["n"], "seed": r["seed"]})
+    for per in out["per_n"].values():
+        for n, e in per.items():
+            per[n] = {k: float(np.mean(v)) for k, v in e.items() if v}
+    return out

@@ -20,15 +20,31 @@ def _budget(ctx: Any) -> int:
     return ctx.cfg.kernel.memory_budget_mb * 2**20
 
 
-def kernel_blocks(ctx: Any, kernel_fn, n: int) -> dict[str, np.ndarray]:
-    """K(train[:n], train[:n]) and K(val+test, train[:n]) as float64 arrays from ``kernel_fn(x1, x2)``."""
-    s = ctx.splits
+def kernel_blocks(ctx: Any, kernel_fn, n: int, seed_index: int) -> dict[str, np.ndarray]:
+    """K(train[:n], train[:n]) and K(val+test, train[:n]) of repetition ``seed_index``'s training
+    order, as float64 arrays from ``kernel_fn(x1, x2)``."""
+    s = ctx.seed_splits(seed_index)
     xt = ctx.tensor(s.x_train[:n])
     xe = ctx.tensor(eval_points(s))
     return {
         "train": kernel_fn(xt, None).cpu().numpy(),
         "cross": kernel_fn(xe, xt).cpu().numpy(),
     }
+
+
+@torch.no_grad()
+def outputs_at(ctx: Any, model: torch.nn.Module, n: int, seed_index: int) -> dict[str, np.ndarray]:
+    """f(train[:n]) (n, K) and f(val+test) (V + T, K) of ``model`` in float64: the f0 blocks
+    that kernel regression adds back under the ``"added"`` f0 convention."""
+    s = ctx.seed_splits(seed_index)
+    model.eval()
+
+    def out(x: np.ndarray) -> np.ndarray:
+        return np.concatenate(
+            [model(ctx.tensor(x[i : i + 4096])).double().cpu().numpy() for i in range(0, len(x), 4096)]
+        )
+
+    return {"f0_train": out(s.x_train[:n]), "f0_cross": out(eval_points(s))}
 
 
 def entk_kernel_fn(ctx: Any, model: torch.nn.Module):
@@ -49,66 +65,107 @@ def entk_kernel_fn(ctx: Any, model: torch.nn.Module):
     return fn
 
 
+def training_rows(n: int, from_end: bool = False) -> slice:
+    """The n training rows of a repetition's pool order: the first n (nested subsets), or
+    with ``from_end`` the last n (disjoint from every nested subset smaller than pool − n)."""
+    return slice(-n, None) if from_end else slice(0, n)
+
+
 def train_on(
-    ctx: Any, n: int, seed_index: int, steps: int | None = None, width: int | None = None
+    ctx: Any,
+    n: int,
+    seed_index: int,
+    steps: int | None = None,
+    width: int | None = None,
+    from_end: bool = False,
 ) -> TrainResult:
-    """The network of repetition ``seed_index`` trained on train[:n] for ``steps`` steps
-    (default: the config's length), with that repetition's init and batch order."""
-    s = ctx.splits
+    """The network of repetition ``seed_index`` trained on its n training rows
+    (:func:`training_rows`) for ``steps`` steps (default: the config's rule), with that
+    repetition's init, data subset and batch order. The validation split drives early
+    stopping when ``train.early_stopping`` is set."""
+    s, rows = ctx.seed_splits(seed_index), training_rows(n, from_end)
     return train(
         init_model(ctx, seed_index, width),
-        ctx.tensor(s.x_train[:n]),
-        ctx.tensor(s.y_train[:n]),
-        ctx.tensor(s.labels_train[:n], torch.long),
+        ctx.tensor(s.x_train[rows]),
+        ctx.tensor(s.y_train[rows]),
+        ctx.tensor(s.labels_train[rows], torch.long),
         ctx.cfg.train,
         seed=batch_seed(ctx.cfg, seed_index, n),
         steps=steps,
+        val=(ctx.tensor(s.x_val), ctx.tensor(s.y_val), ctx.tensor(s.labels_val, torch.long))
+        if len(s.x_val)
+        else None,
         progress=ctx.progress,
     )
 
 
-def train_network(
-    ctx: Any, n: int, seed_index: int, width: int | None = None, steps: int | None = None
-) -> dict[str, Any]:
-    """Train the network of repetition ``seed_index`` on the first n samples; test metrics."""
-    t0 = time.perf_counter()
-    s = ctx.splits
-    res = train_on(ctx, n, seed_index, steps, width)
-    test = evaluate(
-        res.model, ctx.tensor(s.x_test), ctx.tensor(s.y_test), ctx.tensor(s.labels_test, torch.long)
-    )
+def train_record(res: TrainResult) -> dict[str, Any]:
+    """How a network was trained: steps taken and planned, the step of the kept weights, the
+    final mini-batch training loss, and whether that loss was still falling at the end."""
+    return {
+        "steps": res.steps,
+        "planned_steps": res.planned_steps,
+        "best_step": res.best_step,
+        "train_loss": res.final_train_loss,
+        "still_falling": float(res.still_falling),
+    }
+
+
+def network_metrics(
+    ctx: Any, model: torch.nn.Module, n: int, seed_index: int, from_end: bool = False
+) -> dict[str, float]:
+    """Test MSE and 0-1 error of ``model``, and the same on its n training points."""
+    s, rows = ctx.seed_splits(seed_index), training_rows(n, from_end)
+    test = evaluate(model, ctx.tensor(s.x_test), ctx.tensor(s.y_test), ctx.tensor(s.labels_test, torch.long))
     fit = evaluate(
-        res.model,
-        ctx.tensor(s.x_train[:n]),
-        ctx.tensor(s.y_train[:n]),
-        ctx.tensor(s.labels_train[:n], torch.long),
+        model,
+        ctx.tensor(s.x_train[rows]),
+        ctx.tensor(s.y_train[rows]),
+        ctx.tensor(s.labels_train[rows], torch.long),
     )
     return {
         "test_mse": test["mse"],
         "test_error": test["error"],
         "train_mse": fit["mse"],
         "train_error": fit["error"],
-        "steps": res.steps,
+    }
+
+
+def train_network(
+    ctx: Any, n: int, seed_index: int, width: int | None = None, steps: int | None = None
+) -> dict[str, Any]:
+    """Train the network of repetition ``seed_index`` on its first n samples; test metrics of
+    the kept (best-validation with early stopping) weights and how training went."""
+    t0 = time.perf_counter()
+    res = train_on(ctx, n, seed_index, steps, width)
+    return {
+        **network_metrics(ctx, res.model, n, seed_index),
+        **train_record(res),
         "seconds": time.perf_counter() - t0,
     }
 
 
 def entk_at_init(ctx: Any, n: int, seed_index: int, width: int | None = None) -> dict[str, np.ndarray]:
-    """The eNTK at initialization of repetition ``seed_index`` on the first n training points."""
+    """The eNTK at initialization of repetition ``seed_index`` on its first n training points,
+    with the network's outputs there (``f0_train``, ``f0_cross``)."""
     model = init_model(ctx, seed_index, width).eval()  # BatchNorm uses its running statistics
-    return kernel_blocks(ctx, entk_kernel_fn(ctx, model), n)
+    return {
+        **kernel_blocks(ctx, entk_kernel_fn(ctx, model), n, seed_index),
+        **outputs_at(ctx, model, n, seed_index),
+    }
 
 
 def infinite_block(
-    ctx: Any, part: str, cols: list[int], rows: list[int] | None = None
+    ctx: Any, part: str, cols: list[int], rows: list[int] | None = None, seed_index: int = 0
 ) -> dict[str, np.ndarray]:
-    """One block of the infinite-width NNGP and NTK of the config's architecture.
+    """One block of the infinite-width NNGP and NTK of the config's architecture, on the
+    training order of repetition ``seed_index`` (each repetition has its own data subset).
 
     ``part = "train"``: K(x_train[r0:r1], x_train[c0:c1]), (r1 − r0, c1 − c0), exactly
     symmetric when rows == cols; ``part = "cross"``: K(val+test, x_train[c0:c1]),
     (V + T, c1 − c0). Returns ``{"nngp": block, "ntk": block}`` (float64).
     """
-    s = ctx.splits
+    s = ctx.seed_splits(seed_index)
     spec = build_spec(ctx.cfg.arch, s.num_outputs)
     xc = ctx.tensor(s.x_train[cols[0] : cols[1]], torch.float64)
     if part == "cross":

@@ -34,6 +34,7 @@ import numpy as np
 from ntklab.config import WidthScalingConfig
 from ntklab.experiments.common import arch_label, arch_reads, data_reads, init_model
 from ntklab.experiments.data_scaling import (
+    common_summary,
     entk_unit,
     infinite_result,
     infinite_units,
@@ -41,7 +42,7 @@ from ntklab.experiments.data_scaling import (
     nn_rows,
     train_unit,
 )
-from ntklab.experiments.tidy import exponents, row
+from ntklab.experiments.tidy import differences, exponents, row
 from ntklab.experiments.units import entk_kernel_fn
 from ntklab.kernels.metrics import kernel_distance, relative_error
 from ntklab.run.units import Unit
@@ -74,7 +75,7 @@ def has_distance(cfg: WidthScalingConfig) -> bool:
 def entk_probe(ctx: Any, n: int, seed_index: int, width: int | None = None) -> dict[str, np.ndarray]:
     """Unit: the eNTK at init of repetition ``seed_index`` on train[:n] only (no cross block)."""
     model = init_model(ctx, seed_index, width)
-    xt = ctx.tensor(ctx.splits.x_train[:n])
+    xt = ctx.tensor(ctx.seed_splits(seed_index).x_train[:n])
     return {"train": entk_kernel_fn(ctx, model)(xt, None).cpu().numpy()}
 
 
@@ -94,6 +95,7 @@ def probe_unit(cfg: WidthScalingConfig, seed_index: int, width: int) -> Unit:
         "ntklab.experiments.width_scaling:entk_probe",
         args,
         reads,
+        version=2,
         label=f"eNTK probe n={cfg.probe_size} seed={seed_index} w={width}",
     )
 
@@ -108,10 +110,11 @@ def reference(cfg: WidthScalingConfig) -> tuple[int, bool] | None:
     return None
 
 
-def reference_units(cfg: WidthScalingConfig) -> list[Unit]:
-    """The blocks of the infinite kernels of :func:`reference` (none when not wanted)."""
+def reference_units(cfg: WidthScalingConfig, seed_index: int) -> list[Unit]:
+    """The blocks of the infinite kernels of :func:`reference` on repetition ``seed_index``'s
+    points (none when not wanted)."""
     ref = reference(cfg)
-    return infinite_units(cfg, *ref) if ref is not None else []
+    return infinite_units(cfg, ref[0], seed_index, ref[1]) if ref is not None else []
 
 
 def init_kernel_unit(cfg: WidthScalingConfig, seed_index: int, width: int) -> Unit | None:
@@ -128,7 +131,8 @@ def plan(cfg: WidthScalingConfig) -> list[Unit]:
     then the probe-only eNTKs of ``probe_widths``."""
     grid = cfg.data.n_grid()
     units: list[Unit] = []
-    units += reference_units(cfg)
+    for i in range(cfg.seeds):
+        units += reference_units(cfg, i)
     for w in cfg.widths:
         for i in range(cfg.seeds):
             k = init_kernel_unit(cfg, i, w)
@@ -165,7 +169,8 @@ def distance_slope(rows: list[dict[str, Any]], cfg: WidthScalingConfig) -> dict[
     if not np.all(np.isfinite(np.nanmean(table, 0))) or np.any(np.nanmean(table, 0) <= 0):
         return None
     fit = fit_with_ci(np.array(widths), table, n_boot=cfg.fit.bootstrap, ci=cfg.fit.ci, seed=cfg.seed)
-    return {"slope": -fit.alpha, "ci_low": -fit.ci_high, "ci_high": -fit.ci_low, "c": fit.a}
+    ci = (None, None) if fit.ci_low is None else (-fit.ci_high, -fit.ci_low)
+    return {"slope": -fit.alpha, "ci_low": ci[0], "ci_high": ci[1], "c": fit.a}
 
 
 def mean_at(rows: list[dict[str, Any]], method_name: str, metric: str, n: int) -> float | None:
@@ -186,20 +191,24 @@ def analyze(cfg: WidthScalingConfig, results: dict[str, Any], ctx: Any) -> tuple
     grid, n_max, p = cfg.data.n_grid(), cfg.data.n_max, cfg.probe_size
     rows: list[dict] = []
     spec = reference(cfg)
-    ref = infinite_result(cfg, spec[0], results, spec[1]) if spec is not None else None
-    if ref is not None and spec[1]:
-        for m in ("ntk", "nngp"):
-            if m in cfg.methods:
-                rows += kernel_rows(cfg, ctx, m, ref[m], 0, 0, grid)
-    ntk_probe = ref["ntk"]["train"][:p, :p] if ref is not None and has_distance(cfg) else None
+    ntk_probe: dict[int, np.ndarray] = {}
+    for i in range(cfg.seeds):
+        ref = infinite_result(cfg, spec[0], i, results, spec[1]) if spec is not None else None
+        if ref is not None and spec[1]:
+            for m in ("ntk", "nngp"):
+                if m in cfg.methods:
+                    rows += kernel_rows(cfg, ctx, m, ref[m], i, 0, grid)
+        if ref is not None and has_distance(cfg):
+            ntk_probe[i] = ref["ntk"]["train"][:p, :p]
 
     def distance_rows(k: dict | None, i: int, w: int) -> list[dict]:
-        if k is None or ntk_probe is None:
+        if k is None or i not in ntk_probe:
             return []
         ent = comparable(k["train"][:p, :p], cfg.kernel.mode, ctx.splits.num_outputs)
+        ref_p = ntk_probe[i]
         return [
-            row(cfg.experiment, method("entk", w), p, w, i, -1, DISTANCE, relative_error(ent, ntk_probe)),
-            row(cfg.experiment, method("entk", w), p, w, i, -1, COSINE, kernel_distance(ent, ntk_probe)),
+            row(cfg.experiment, method("entk", w), p, w, i, -1, DISTANCE, relative_error(ent, ref_p)),
+            row(cfg.experiment, method("entk", w), p, w, i, -1, COSINE, kernel_distance(ent, ref_p)),
         ]
 
     for w in cfg.widths:
@@ -221,6 +230,10 @@ def analyze(cfg: WidthScalingConfig, results: dict[str, Any], ctx: Any) -> tuple
             rows += distance_rows(results.get(ku.key) if ku is not None else None, i, w)
 
     exps = exponents(rows, cfg.fit, cfg.seed)
+    diffs: dict[str, dict[str, Any]] = {}
+    for w in cfg.widths:
+        others = [method("entk", w), "ntk", "nngp"]
+        diffs |= differences(rows, cfg.fit, cfg.seed, reference=method("nn", w), methods=others)
     distances: dict[str, float] = {}
     for w in [*cfg.widths, *cfg.probe_widths]:
         vals = [r["value"] for r in rows if r["metric"] == DISTANCE and r["width"] == w]
@@ -242,6 +255,8 @@ def analyze(cfg: WidthScalingConfig, results: dict[str, Any], ctx: Any) -> tuple
         per_width[str(w)] = entry
     summary = {
         "exponents": exps,
+        "differences": diffs,
+        **common_summary(cfg, rows),
         DISTANCE: distances,
         f"{DISTANCE}_slope": distance_slope(rows, cfg),
         "test_loss_at_n_max": at_max,

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ntklab.experiments.tidy import loss_table
-from ntklab.report.figures import label_of, plt, save, scaling_axes, style_of
+from ntklab.report.figures import ci_bounds, label_of, plt, save, scaling_axes, style_of
 
 REFERENCE = "ntk"
 
@@ -93,7 +93,7 @@ def alpha_width_figure(
             continue
         f = [fits[f"{base}@w{w}"] for w in ws]
         a = np.array([x["alpha"] for x in f])
-        err = np.array([[x["alpha"] - x["ci_low"] for x in f], [x["ci_high"] - x["alpha"] for x in f]])
+        err = np.array([[x["alpha"] - ci_bounds(x)[0] for x in f], [ci_bounds(x)[1] - x["alpha"] for x in f]])
         color, marker = style_of(base, i)
         ax.errorbar(
             ws, a, yerr=np.clip(err, 0, None), color=color, marker=marker, capsize=3, label=label_of(base)
@@ -102,7 +102,7 @@ def alpha_width_figure(
         if ref in fits:
             f = fits[ref]
             ax.axhline(f["alpha"], color=color, ls="--", lw=1.2, label=f"{label_of(ref)}  α={f['alpha']:.3f}")
-            ax.axhspan(f["ci_low"], f["ci_high"], color=color, alpha=0.1)
+            ax.axhspan(*ci_bounds(f), color=color, alpha=0.1)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("width")
     ax.set_ylabel("scaling exponent α  (L ≈ a·n^-α)")
@@ -135,7 +135,8 @@ def distance_width_figure(
             slope["c"] * widths.astype(float) ** slope["slope"],
             "k--",
             lw=1,
-            label=f"fit: slope {slope['slope']:.2f} [{slope['ci_low']:.2f}, {slope['ci_high']:.2f}]",
+            label=f"fit: slope {slope['slope']:.2f}"
+            + (" (no CI)" if slope["ci_low"] is None else f" [{slope['ci_low']:.2f}, {slope['ci_high']:.2f}]"),
         )
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
@@ -178,12 +179,12 @@ def pretrained_kernel_figure(
     for i, m in enumerate(fitted):
         f = fits[m]
         color, marker = style_of(m, methods.index(m))
-        lo, hi = max(f["alpha"] - f["ci_low"], 0.0), max(f["ci_high"] - f["alpha"], 0.0)
+        lo, hi = max(f["alpha"] - ci_bounds(f)[0], 0.0), max(ci_bounds(f)[1] - f["alpha"], 0.0)
         bx.errorbar(f["alpha"], y[i], xerr=[[lo], [hi]], color=color, marker=marker, capsize=3)
     bx.set_yticks(y, [label_of(m) for m in fitted], fontsize=7)
     bx.invert_yaxis()
     if "nn" in fits:
         bx.axvline(fits["nn"]["alpha"], color=style_of("nn", 0)[0], ls="--", lw=1)
-    bx.set_xlabel("scaling exponent α (95% CI)")
+    bx.set_xlabel("scaling exponent α (bootstrap CI)")
     bx.grid(True, axis="x", alpha=0.3)
     return save(fig, path)

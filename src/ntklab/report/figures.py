@@ -55,7 +55,7 @@ def scaling_axes(
         label = label_of(m)
         if m in fits:
             f = fits[m]
-            label += f"  α={f['alpha']:.3f} [{f['ci_low']:.3f}, {f['ci_high']:.3f}]"
+            label += f"  {alpha_label(f)}"
             ax.plot(
                 grid, f["a"] * grid ** (-f["alpha"]) + f.get("c", 0.0), "--", color=color, lw=1, alpha=0.8
             )
@@ -76,3 +76,16 @@ def scaling_figure(
     scaling_axes(ax, rows, fits, metric)
     ax.set_title(title, fontsize=9)
     return save(fig, path)
+
+
+def alpha_label(f: dict) -> str:
+    """``α=0.420 [0.370, 0.470]``, or ``α=0.420 (no CI)`` when the fit has no interval."""
+    if f.get("ci_low") is None or f.get("ci_high") is None:
+        return f"α={f['alpha']:.3f} (no CI)"
+    return f"α={f['alpha']:.3f} [{f['ci_low']:.3f}, {f['ci_high']:.3f}]"
+
+
+def ci_bounds(f: dict) -> tuple[float, float]:
+    """(low, high) of a fit's interval for drawing; α itself where there is none."""
+    lo, hi = f.get("ci_low"), f.get("ci_high")
+    return (f["alpha"] if lo is None else lo, f["alpha"] if hi is None else hi)

@@ -292,12 +292,18 @@ def exponent_rows(summary: dict[str, Any]) -> list[list[str]]:
                 fmt_exp(e.get("ci_low")),
                 fmt_exp(e.get("ci_high")),
                 fmt_num(e.get("a")),
+                "bends" if e.get("fit_ok") is False else "ok",
+                f"{e.get('fit_n_min', '')}–{e.get('fit_n_max', '')}",
             ]
+        )
+    for k, d in (summary.get("differences") or {}).items():
+        rows.append(
+            [f"Δα {k}", k, fmt_exp(d.get("delta")), fmt_exp(d.get("ci_low")), fmt_exp(d.get("ci_high")), "", "", ""]
         )
     return rows
 
 
-EXPONENT_HEADER = ["method", "key", "α", "CI low", "CI high", "a"]
+EXPONENT_HEADER = ["method", "key", "α", "CI low", "CI high", "a", "fit", "n range"]
 
 
 def evolution_rows(summary: dict[str, Any]) -> list[list[str]]:
@@ -359,7 +365,8 @@ def render_markdown(data: ReportData) -> str:
         if rows:
             metric = metric_name(sec.summary)
             lines += [
-                f"Scaling exponents of {metric} (L ≈ a·n^(−α); bootstrap CIs over seeds and points):",
+                f"Scaling exponents of {metric} (L ≈ a·n^(−α); residual bootstrap CIs over (seed, n) cells; "
+                "fit 'bends' where the power law misses the curve):",
                 "",
             ]
             lines += _md_table(EXPONENT_HEADER, rows) + [""]

@@ -4,10 +4,13 @@ Every sentence states the measured numbers it rests on, formatted by :func:`fmt_
 :func:`fmt_num` (the report renders the same numbers with the same functions, so a reader, or a
 test, finds in the text exactly the values of the summary rounded for display).
 
-Two scaling exponents are compared through their bootstrap confidence intervals
-(:mod:`ntklab.scaling`, docs/design.md): disjoint intervals mean one law is steeper than the other;
-overlapping intervals mean the two are *not distinguishable at this n range*, which is a
-statement about the measurement, not evidence that they are equal.
+A kernel's exponent is compared with the network's through the paired bootstrap interval of
+their difference Δα = α_nn − α_kernel (summary ``differences``, :mod:`ntklab.scaling`): an
+interval above 0 means the network's law is steeper, below 0 the kernel's; an interval that
+contains 0 means the two are *not distinguishable at this n range*, which is a statement about
+the measurement, not evidence that they are equal. Summaries without ``differences`` fall back
+to comparing the two marginal intervals. A fit flagged ``fit_ok: false`` is named in the
+sentence: its curve bends, and one slope misreports it.
 
 Findings (Vyas, Bansal & Nakkiran 2022, arXiv 2206.10012):
 
@@ -110,7 +113,7 @@ def method_label(method: str) -> str:
     m = re.fullmatch(r"n0=(\w+)", tag)
     if m:
         return f"{name} (n₀ = {m.group(1)})"
-    m = re.fullmatch(r"w(?:idth)?=(\d+)", tag)
+    m = re.fullmatch(r"w(?:idth)?=?(\d+)", tag)
     if m:
         return f"{name} (width {m.group(1)})"
     return f"{name} ({tag})"
@@ -170,21 +173,103 @@ def compare_exponents(
     )
 
 
+def compare_by_difference(
+    a_name: str,
+    b_name: str,
+    diff: dict[str, Any],
+    *,
+    where: str,
+    if_a_above: str,
+    if_b_above: str,
+    if_overlap: str,
+) -> tuple[str, str]:
+    """Sentence and status from the paired bootstrap CI of Δ = α_a − α_b (``differences``).
+
+    Δ's interval above 0: ``a`` (the network) scales better, status ``"does-not-explain"``;
+    below 0: ``b`` does, ``"info"``; containing 0 (or no interval): not distinguishable.
+    """
+    d = f"Δα = α({a_name}) − α({b_name}) = {fmt_exp(diff.get('delta'))}"
+    paren = f" ({where})" if where else ""
+    if not _finite(diff, "delta", "ci_low", "ci_high"):
+        return (f"{d} has no confidence interval (too few seeds or grid points){paren}: {if_overlap}", "indistinguishable")
+    d += f" [{fmt_exp(diff['ci_low'])}, {fmt_exp(diff['ci_high'])}]"
+    if diff["ci_low"] > 0:
+        return (f"{d}, paired CI above 0{paren}: {if_a_above}", "does-not-explain")
+    if diff["ci_high"] < 0:
+        return (f"{d}, paired CI below 0{paren}: {if_b_above}", "info")
+    return (f"{d}, paired CI contains 0{paren}: {if_overlap}", "indistinguishable")
+
+
+def _bends(exps: dict[str, Any], *keys: str) -> str:
+    """A clause naming the fits flagged as not a power law over their range (empty if none)."""
+    bent = [method_label(k) for k in keys if exps.get(k, {}).get("fit_ok") is False]
+    if not bent:
+        return ""
+    return (
+        f" Caution: the {' and the '.join(bent)} curve bends over this range (fit_ok false), so one "
+        "exponent summarizes it poorly; read the curves."
+    )
+
+
 def _kernel_vs_network(summary: dict[str, Any], nn_key: str, kernel: str, context: str) -> Verdict:
+    """Network vs kernel: the paired difference when the summary has it, else the two CIs."""
     exps = summary["exponents"]
     k_label = method_label(kernel)
-    where = ", ".join(x for x in (_ci_level(summary), n_range(summary)) if x)
-    text, status = compare_exponents(
-        method_label(nn_key),
-        exps[nn_key],
-        k_label,
-        exps[kernel],
-        where=where,
+    diff = (summary.get("differences") or {}).get(f"{nn_key}-{kernel}")
+    rng = n_range(summary)
+    if diff is not None and diff.get("fit_n_min"):
+        rng = f"n = {diff['fit_n_min']}–{diff['fit_n_max']}"
+    where = ", ".join(x for x in (_ci_level(summary), rng) if x)
+    clauses = dict(
         if_a_above=f"the {k_label} does not explain the network's data scaling.",
         if_b_above=f"the {k_label} scales better than the trained network at this n range.",
         if_overlap=f"not distinguishable at this n range; the {k_label} may explain the network's data scaling here.",
     )
-    return Verdict(f"{k_label} vs network ({context})", text, status)
+    if diff is not None:
+        text, status = compare_by_difference(method_label(nn_key), k_label, diff, where=where, **clauses)
+        text = f"{text} ({_possessive(method_label(nn_key))} {fmt_alpha(exps[nn_key])}, {_possessive(k_label)} {fmt_alpha(exps[kernel])}.)"
+    else:
+        text, status = compare_exponents(
+            method_label(nn_key), exps[nn_key], k_label, exps[kernel], where=where, **clauses
+        )
+    return Verdict(f"{k_label} vs network ({context})", text + _bends(exps, nn_key, kernel), status)
+
+
+def training(summary: dict[str, Any]) -> list[Verdict]:
+    """How the networks were trained: the rule, and any network still improving at its end."""
+    tr = summary.get("training") or {}
+    if not tr:
+        return []
+    falling = tr.get("still_falling") or []
+    rule = tr.get("rule", "")
+    if falling:
+        where = ", ".join(f"n = {f['n']} seed {f['seed']}" for f in falling[:6])
+        more = f" and {len(falling) - 6} more" if len(falling) > 6 else ""
+        text = (
+            f"{len(falling)} network(s) ended training with the training loss still falling ({where}{more}): "
+            f"they are under-trained, so their test loss overstates what the network can do. {rule}"
+        )
+        return [Verdict("network training", text.strip(), "does-not-explain")]
+    return [Verdict("network training", f"Every network's training loss had stopped falling. {rule}".strip(), "info")]
+
+
+def at_largest_n(summary: dict[str, Any], nn_key: str = "nn", kernel: str = "entk") -> list[Verdict]:
+    """The network against kernel regression with its own eNTK at init at the largest n."""
+    loss = summary.get("test_loss_at_n_max") or {}
+    if nn_key not in loss or kernel not in loss:
+        return []
+    grid = summary.get("n_grid") or []
+    nn, k = loss[nn_key], loss[kernel]
+    at = f"at n = {max(grid)}" if grid else "at the largest n"
+    if nn <= k:
+        text = f"{at}, the network's test loss {fmt_num(nn)} is at or below the {method_label(kernel)}'s {fmt_num(k)}."
+        return [Verdict("network vs its linearization", text[0].upper() + text[1:], "info")]
+    text = (
+        f"{at}, the network's test loss {fmt_num(nn)} is above the {method_label(kernel)}'s {fmt_num(k)}: "
+        "the network is worse than its own linearization, so it is under-trained or badly tuned and its "
+        "exponent says more about the training recipe than about the network."
+    )
+    return [Verdict("network vs its linearization", text[0].upper() + text[1:], "does-not-explain")]
 
 
 # ----------------------------------------------------------------------------- per experiment
@@ -202,7 +287,7 @@ def data_scaling(summary: dict[str, Any]) -> list[Verdict]:
     out = [_kernel_vs_network(summary, "nn", k, "data scaling") for k in KERNELS if k in exps]
     if not out:
         out.append(_missing("data scaling", "no kernel has a fitted exponent"))
-    return out
+    return out + at_largest_n(summary) + training(summary)
 
 
 def width_scaling(summary: dict[str, Any]) -> list[Verdict]:
@@ -222,7 +307,11 @@ def width_scaling(summary: dict[str, Any]) -> list[Verdict]:
         for k in KERNELS:
             if f"{k}{suffix}" in exps:
                 out.append(_kernel_vs_network(summary, nn_key, f"{k}{suffix}", "width scaling"))
-    return out or [_missing("width scaling", "no width has both a network and a kernel exponent")]
+            elif suffix and k in exps and f"{nn_key}-{k}" in (summary.get("differences") or {}):
+                out.append(_kernel_vs_network(summary, nn_key, k, "width scaling"))
+    return (out or [_missing("width scaling", "no width has both a network and a kernel exponent")]) + training(
+        summary
+    )
 
 
 def pretrained_kernel(summary: dict[str, Any]) -> list[Verdict]:
@@ -251,7 +340,7 @@ def pretrained_kernel(summary: dict[str, Any]) -> list[Verdict]:
             )
         if "nn" in exps:
             out.append(_kernel_vs_network(summary, "nn", m, "pre-trained kernel"))
-    return out
+    return out + at_largest_n(summary) + training(summary)
 
 
 def _decade_reading(ev: dict[str, Any]) -> tuple[str, bool | None]:

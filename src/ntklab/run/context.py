@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from functools import cached_property
 
+import numpy as np
 import torch
 
 from ntklab.config import AnyConfig
 from ntklab.data.prepare import Splits
+from ntklab.run.units import derive_seed
 
 
 class RunContext:
@@ -16,12 +19,31 @@ class RunContext:
     def __init__(self, cfg: AnyConfig, progress: bool | None = None) -> None:
         self.cfg = cfg
         self.progress = progress
+        self._seed_splits: dict[int, Splits] = {}
 
     @cached_property
     def splits(self) -> Splits:
         from ntklab.data.registry import load_splits
 
         return load_splits(self.cfg.data, self.n_max)
+
+    def seed_splits(self, seed_index: int) -> Splits:
+        """The splits of repetition ``seed_index``: its own order of the training pool.
+
+        Each repetition draws its own training subsets, so that confidence intervals over
+        repetitions carry the variance of the data draw, not only of the initialization:
+        train[:n] of repetition i is the first n points of the permutation
+        ``rng(derive_seed(data.seed, "subset", i))`` of the pool (nested across n within a
+        repetition). Validation and test points are shared by all repetitions.
+        """
+        if seed_index not in self._seed_splits:
+            s = self.splits
+            rng = np.random.default_rng(derive_seed(self.cfg.data.seed, "subset", seed_index))
+            perm = rng.permutation(len(s.x_train))
+            self._seed_splits[seed_index] = dataclasses.replace(
+                s, x_train=s.x_train[perm], y_train=s.y_train[perm], labels_train=s.labels_train[perm]
+            )
+        return self._seed_splits[seed_index]
 
     @property
     def n_max(self) -> int:
