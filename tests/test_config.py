@@ -68,7 +68,9 @@ def test_epochs_replace_steps() -> None:
     assert cfg.train.total_steps(100) == 30
     # data-scaling's default is the epoch rule; a user's steps replaces it
     default = load_config(None, [])
-    assert default.train.epochs is not None and default.train.total_steps(4096) > default.train.total_steps(64)
+    assert default.train.epochs is not None and default.train.total_steps(4096) > default.train.total_steps(
+        64
+    )
     cfg = load_config(None, ["train.steps=300"])
     assert cfg.train.epochs is None and cfg.train.total_steps(4096) == 300
 

@@ -31,7 +31,13 @@ def test_wide_network_follows_the_linearized_predictor() -> None:
     k_train = empirical_ntk(model, x, None, mode="single", output_index=0).numpy()
     k_cross = empirical_ntk(model, xt, x, mode="single", output_index=0).numpy()
     cfg = TrainConfig(
-        optimizer="sgd", lr=lr, momentum=0.0, batch_size=n, steps=steps, schedule="constant", center_output=False
+        optimizer="sgd",
+        lr=lr,
+        momentum=0.0,
+        batch_size=n,
+        steps=steps,
+        schedule="constant",
+        center_output=False,
     )
     res = train(model, x, y, torch.zeros(n, dtype=torch.long), cfg, seed=0)
     with torch.no_grad():
@@ -41,7 +47,9 @@ def test_wide_network_follows_the_linearized_predictor() -> None:
     rel = np.linalg.norm(learned_net - learned_lin) / np.linalg.norm(learned_lin)
     assert rel < 0.05, rel
     # and it is not trivially small: training moved the predictions a lot
-    assert np.linalg.norm(learned_lin) > 0.3 * np.linalg.norm(f0_test + 1e-12) or np.linalg.norm(learned_lin) > 1
+    assert (
+        np.linalg.norm(learned_lin) > 0.3 * np.linalg.norm(f0_test + 1e-12) or np.linalg.norm(learned_lin) > 1
+    )
 
 
 def test_linearized_predictor_limits() -> None:

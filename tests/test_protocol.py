@@ -73,12 +73,28 @@ def test_early_stopping_keeps_the_best_validation_weights() -> None:
     y = x[:, :1] * 2.0
     net = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
     cfg = TrainConfig(optimizer="adam", lr=0.05, steps=200, early_stopping=True, evals=20, patience=0.2)
-    res = train(net, x, y, torch.zeros(64, dtype=torch.long), cfg, seed=0, val=(x, -y, torch.zeros(64, dtype=torch.long)))
+    res = train(
+        net,
+        x,
+        y,
+        torch.zeros(64, dtype=torch.long),
+        cfg,
+        seed=0,
+        val=(x, -y, torch.zeros(64, dtype=torch.long)),
+    )
     assert res.best_step == 0 and res.steps == 40 and res.stopped_early and res.planned_steps == 200
     with torch.no_grad():
         assert float(res.model(x).abs().max()) == 0.0  # centered: the init weights give f - f0 = 0
     # validation that agrees with training: no early stop, the kept weights are the last ones
-    res = train(net, x, y, torch.zeros(64, dtype=torch.long), cfg, seed=0, val=(x, y, torch.zeros(64, dtype=torch.long)))
+    res = train(
+        net,
+        x,
+        y,
+        torch.zeros(64, dtype=torch.long),
+        cfg,
+        seed=0,
+        val=(x, y, torch.zeros(64, dtype=torch.long)),
+    )
     assert res.steps == 200 and not res.stopped_early and res.best_step >= 180
 
 

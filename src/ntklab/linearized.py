@@ -52,4 +52,6 @@ def linearized_predict(
     eta_t = 2.0 * lr / n * steps
     gain = np.where(s > 0, -np.expm1(-eta_t * s) / np.where(s > 0, s, 1.0), eta_t)
     resid = np.asarray(y, np.float64) - np.asarray(f0_train, np.float64)
-    return np.asarray(f0_cross, np.float64) + np.asarray(k_cross, np.float64) @ (v @ (gain[:, None] * (v.T @ resid)))
+    return np.asarray(f0_cross, np.float64) + np.asarray(k_cross, np.float64) @ (
+        v @ (gain[:, None] * (v.T @ resid))
+    )

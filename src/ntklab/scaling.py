@@ -84,7 +84,9 @@ def fit_power_law(n: np.ndarray, loss: np.ndarray, offset: bool = False) -> tupl
 
     n, loss : (m,) positive. With offset, minimises Σ (log L − log(a n^-α + c))², c ≥ 0.
     """
-    return _fit_log(np.asarray(n, np.float64), np.log(np.maximum(np.asarray(loss, np.float64), 1e-300)), offset)
+    return _fit_log(
+        np.asarray(n, np.float64), np.log(np.maximum(np.asarray(loss, np.float64), 1e-300)), offset
+    )
 
 
 def _fit_log(n: np.ndarray, ll: np.ndarray, offset: bool) -> tuple[float, float, float]:
@@ -203,9 +205,7 @@ def fit_with_ci(
         boots = _resample(cells, rng.integers(0, size, (n_boot, size)), offset).tolist()
         lo, hi = (float(v) for v in np.percentile(boots, [50 * (1 - ci), 50 * (1 + ci)]))
     bends = p is not None and p < BEND_P and rms > BEND_RMS
-    return PowerLawFit(
-        float(alpha), a, c, lo, hi, len(boots), rms, p, not bends, int(n.min()), int(n.max())
-    )
+    return PowerLawFit(float(alpha), a, c, lo, hi, len(boots), rms, p, not bends, int(n.min()), int(n.max()))
 
 
 @dataclass(frozen=True)

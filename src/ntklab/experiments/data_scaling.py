@@ -184,7 +184,15 @@ def kernel_rows(
     return [r for rec in recs for r in rows_from(cfg.experiment, method, width, seed, rec, METRICS)]
 
 
-NN_METRICS = ("test_mse", "test_error", "train_mse", "train_error", "train_loss", "best_step", "still_falling")
+NN_METRICS = (
+    "test_mse",
+    "test_error",
+    "train_mse",
+    "train_error",
+    "train_loss",
+    "best_step",
+    "still_falling",
+)
 
 
 def nn_rows(cfg: Any, method: str, result: dict, n: int, seed: int, width: int) -> list[dict]:

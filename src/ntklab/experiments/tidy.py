@@ -99,7 +99,9 @@ def differences(
         common_s = [s for s in seeds if s in ref_seeds]
         if len(common_n) < 2 or not common_s:
             continue
-        a = ref_table[np.ix_([ref_seeds.index(s) for s in common_s], [list(ref_grid).index(n) for n in common_n])]
+        a = ref_table[
+            np.ix_([ref_seeds.index(s) for s in common_s], [list(ref_grid).index(n) for n in common_n])
+        ]
         b = table[np.ix_([seeds.index(s) for s in common_s], [list(grid).index(n) for n in common_n])]
         d = paired_difference(
             np.array(common_n), a, b, offset=fit.offset, n_boot=fit.bootstrap, ci=fit.ci, seed=seed
@@ -135,7 +137,9 @@ def training_summary(rows: list[dict[str, Any]], rule: str) -> dict[str, Any]:
     for r in rows:
         if not r["method"].split("@")[0] == "nn":
             continue
-        entry = out["per_n"].setdefault(r["method"], {}).setdefault(str(r["n"]), {"steps": [], "train_loss": []})
+        entry = (
+            out["per_n"].setdefault(r["method"], {}).setdefault(str(r["n"]), {"steps": [], "train_loss": []})
+        )
         if r["metric"] == "train_loss":
             entry["train_loss"].append(r["value"])
             entry["steps"].append(r["step"])

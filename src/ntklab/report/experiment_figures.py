@@ -136,7 +136,9 @@ def distance_width_figure(
             "k--",
             lw=1,
             label=f"fit: slope {slope['slope']:.2f}"
-            + (" (no CI)" if slope["ci_low"] is None else f" [{slope['ci_low']:.2f}, {slope['ci_high']:.2f}]"),
+            + (
+                " (no CI)" if slope["ci_low"] is None else f" [{slope['ci_low']:.2f}, {slope['ci_high']:.2f}]"
+            ),
         )
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")

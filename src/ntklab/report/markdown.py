@@ -298,7 +298,16 @@ def exponent_rows(summary: dict[str, Any]) -> list[list[str]]:
         )
     for k, d in (summary.get("differences") or {}).items():
         rows.append(
-            [f"Δα {k}", k, fmt_exp(d.get("delta")), fmt_exp(d.get("ci_low")), fmt_exp(d.get("ci_high")), "", "", ""]
+            [
+                f"Δα {k}",
+                k,
+                fmt_exp(d.get("delta")),
+                fmt_exp(d.get("ci_low")),
+                fmt_exp(d.get("ci_high")),
+                "",
+                "",
+                "",
+            ]
         )
     return rows
 

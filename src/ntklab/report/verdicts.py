@@ -191,7 +191,10 @@ def compare_by_difference(
     d = f"Δα = α({a_name}) − α({b_name}) = {fmt_exp(diff.get('delta'))}"
     paren = f" ({where})" if where else ""
     if not _finite(diff, "delta", "ci_low", "ci_high"):
-        return (f"{d} has no confidence interval (too few seeds or grid points){paren}: {if_overlap}", "indistinguishable")
+        return (
+            f"{d} has no confidence interval (too few seeds or grid points){paren}: {if_overlap}",
+            "indistinguishable",
+        )
     d += f" [{fmt_exp(diff['ci_low'])}, {fmt_exp(diff['ci_high'])}]"
     if diff["ci_low"] > 0:
         return (f"{d}, paired CI above 0{paren}: {if_a_above}", "does-not-explain")
@@ -250,7 +253,11 @@ def training(summary: dict[str, Any]) -> list[Verdict]:
             f"they are under-trained, so their test loss overstates what the network can do. {rule}"
         )
         return [Verdict("network training", text.strip(), "does-not-explain")]
-    return [Verdict("network training", f"Every network's training loss had stopped falling. {rule}".strip(), "info")]
+    return [
+        Verdict(
+            "network training", f"Every network's training loss had stopped falling. {rule}".strip(), "info"
+        )
+    ]
 
 
 def at_largest_n(summary: dict[str, Any], nn_key: str = "nn", kernel: str = "entk") -> list[Verdict]:
@@ -309,9 +316,9 @@ def width_scaling(summary: dict[str, Any]) -> list[Verdict]:
                 out.append(_kernel_vs_network(summary, nn_key, f"{k}{suffix}", "width scaling"))
             elif suffix and k in exps and f"{nn_key}-{k}" in (summary.get("differences") or {}):
                 out.append(_kernel_vs_network(summary, nn_key, k, "width scaling"))
-    return (out or [_missing("width scaling", "no width has both a network and a kernel exponent")]) + training(
-        summary
-    )
+    return (
+        out or [_missing("width scaling", "no width has both a network and a kernel exponent")]
+    ) + training(summary)
 
 
 def pretrained_kernel(summary: dict[str, Any]) -> list[Verdict]:
