@@ -103,3 +103,15 @@ def test_network_records_how_it_trained(ctx: RunContext) -> None:
     assert {"steps", "planned_steps", "best_step", "train_loss", "still_falling"} <= set(r)
     assert r["planned_steps"] == 60 and 0 <= r["best_step"] <= r["steps"] <= 60
     assert np.isfinite(r["train_loss"]) and r["still_falling"] in (0.0, 1.0)
+
+
+def test_still_falling_flags_a_dropping_loss_not_noise() -> None:
+    from ntklab.train import TrainResult
+
+    rng = np.random.default_rng(0)
+    noisy = [{"step": s, "train_loss": 0.2 * (1 + 0.1 * rng.standard_normal())} for s in range(0, 1000, 10)]
+    assert not TrainResult(None, history=noisy, steps=1000, planned_steps=1000).still_falling
+    falling = [{"step": s, "train_loss": 1.0 - 0.0006 * s} for s in range(0, 1000, 10)]
+    assert TrainResult(None, history=falling, steps=1000, planned_steps=1000).still_falling
+    # ended by early stopping: validation said stop, so it is not flagged
+    assert not TrainResult(None, history=falling, steps=1000, planned_steps=2000).still_falling

@@ -122,21 +122,31 @@ class TrainResult:
     def still_falling(self) -> bool:
         """True when training ran to its planned end with the training loss still falling.
 
-        The mean mini-batch loss of the last 10 % of steps is more than 5 % below that of the
-        10 % before them: more steps would most likely have fitted the training set better.
-        A run ended by early stopping is not flagged (validation said stop).
+        The mean logged mini-batch loss of the last 10 % of steps is more than 5 % below that
+        of the 10 % before them, by more than two standard errors of the difference (mini-batch
+        losses are noisy): more steps would most likely have fitted the training set better. A
+        run ended by early stopping is not flagged (validation said stop).
         """
         if self.stopped_early or self.steps < 20:
             return False
-        last = window_loss(self.history, self.steps, 0.0, 0.1)
-        before = window_loss(self.history, self.steps, 0.1, 0.2)
-        return bool(last < 0.95 * before)
+        last = window_losses(self.history, self.steps, 0.0, 0.1)
+        before = window_losses(self.history, self.steps, 0.1, 0.2)
+        if len(last) < 2 or len(before) < 2:
+            return False
+        se = np.sqrt(last.var(ddof=1) / len(last) + before.var(ddof=1) / len(before))
+        drop = before.mean() - last.mean()
+        return bool(drop > 0.05 * before.mean() and drop > 2 * se)
+
+
+def window_losses(history: list[dict[str, float]], end: int, lo: float, hi: float) -> np.ndarray:
+    """Logged training losses at steps in [end − hi·end, end − lo·end)."""
+    return np.array([h["train_loss"] for h in history if end - hi * end <= h["step"] < end - lo * end])
 
 
 def window_loss(history: list[dict[str, float]], end: int, lo: float, hi: float) -> float:
-    """Mean logged training loss over steps in (end − hi·end, end − lo·end] (NaN when none)."""
-    sel = [h["train_loss"] for h in history if end - hi * end <= h["step"] < end - lo * end]
-    return float(np.mean(sel)) if sel else float("nan")
+    """Mean of :func:`window_losses` (NaN when none)."""
+    sel = window_losses(history, end, lo, hi)
+    return float(sel.mean()) if len(sel) else float("nan")
 
 
 def train(
