@@ -49,7 +49,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     Returns 0, or 1 when some units failed (the report lists them).
     """
-    from ntklab.explain import explain
+    from ntklab.explain import DEFAULT_BUDGET_MINUTES, explain
 
     if args.model is not None and args.arch is not None:
         raise NtkLabError(
@@ -64,7 +64,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
         args.model,
         args.data,
         out=args.out,
-        budget_minutes=args.budget_minutes,
+        budget_minutes=(
+            args.budget / 60.0
+            if args.budget is not None
+            else args.budget_minutes
+            if args.budget_minutes is not None
+            else DEFAULT_BUDGET_MINUTES
+        ),
         data_path=args.data_path,
         arch=args.arch,
         config=args.config,
@@ -108,12 +114,20 @@ def add_subcommands(subparsers: Any) -> None:
     ex.add_argument(
         "--data-path", metavar="DIR", help="folder of an on-disk dataset (cifar10, svhn, mnist...)"
     )
-    ex.add_argument(
+    budget = ex.add_mutually_exclusive_group()
+    budget.add_argument(
         "--budget-minutes",
         type=_positive_float,
-        default=10.0,
+        default=None,
         metavar="M",
-        help="wall-clock budget (default 10)",
+        help="wall-clock budget in minutes (default 10)",
+    )
+    budget.add_argument(
+        "--budget",
+        type=_positive_float,
+        default=None,
+        metavar="SECONDS",
+        help="wall-clock budget in seconds (instead of --budget-minutes)",
     )
     ex.add_argument("--out", metavar="DIR", help="output folder (default runs/explain-DIGEST)")
     ex.add_argument("--n-max", type=_positive_int, metavar="N", help="largest training-set size to plan")
