@@ -18,6 +18,11 @@ from torch import nn
 from ntklab import explain
 from ntklab.errors import ArchError, DataError, NtkLabError, RunDirError
 from ntklab.explain import (
+    MIN_FACTOR,
+    N_USEFUL,
+    PARTIAL,
+    SHORT_RULES,
+    TRAIN_RULES,
     Calibration,
     CostModel,
     Estimator,
@@ -28,6 +33,8 @@ from ntklab.explain import (
     head_levels,
     list_schedule,
     make_configs,
+    network_check,
+    replan,
     resolve_inputs,
     tail_levels,
 )
@@ -111,8 +118,8 @@ def check_report_matches_summaries(out: Path) -> None:
     rows = {}
     for line in md.splitlines():
         c = [x.strip() for x in line.strip().strip("|").split("|")]
-        if len(c) == 6 and re.fullmatch(r"-?\d+\.\d{3}|nan", c[2]):
-            rows.setdefault(c[1], []).append(c[2:])
+        if len(c) >= 6 and re.fullmatch(r"-?\d+\.\d{3}|nan", c[2]):
+            rows.setdefault(c[1], []).append(c[2:6])  # α, CI low, CI high, a (then fit, n range)
     done = [e for e in info["experiments"] if e["status"] in ("done", "partial")]
     assert done, info
     for e in done:
@@ -175,13 +182,23 @@ def test_explain_end_to_end_cli(user_files: dict[str, Path], tmp_path: Path) -> 
     cfg = (out / "data-scaling" / "config.toml").read_text()
     assert "lr = 0.05" in cfg and "make_model" in cfg  # the user's setting is kept
 
-    # the same command again resumes: same plan, every unit cached, same numbers
-    before = (out / "data-scaling" / "results.csv").read_text()
+    # the networks trained by the stated rule, and the reports say it
+    assert "early stopping" in info["plan"]["training"] and "at least" in info["plan"]["training"]
+    assert info["training"]["planned_steps"] == info["plan"]["steps"]
+    assert info["training"]["notes"][0] in (out / "report.md").read_text()
+    assert "Training rule:" in proc.stdout
+
+    # the same command again resumes: same plan, every unit cached (only units skipped for
+    # time computed), same numbers
+    before = set((out / "data-scaling" / "results.csv").read_text().splitlines())
+    skipped = len(info["experiments"][0].get("skipped_units", []))
     proc = subprocess.run(cli_command(args), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resuming" in proc.stdout
-    assert (out / "data-scaling" / "results.csv").read_text() == before
-    assert json.loads((out / "data-scaling" / "summary.json").read_text())["units"]["computed"] == 0
+    after = set((out / "data-scaling" / "results.csv").read_text().splitlines())
+    assert before <= after and (skipped or after == before)
+    computed = json.loads((out / "data-scaling" / "summary.json").read_text())["units"]["computed"]
+    assert computed <= skipped
 
     # other inputs into the same folder are refused
     proc = subprocess.run(
@@ -357,7 +374,7 @@ def test_choose_plan_fits_the_budget_and_grows_with_it() -> None:
     assert not tiny.fits and tiny.head.n_max == min(h.n_max for h in head_levels(fake_inputs(), fake_probe()))
 
 
-def test_calibration_only_shrinks() -> None:
+def test_calibration_and_early_stopping_fraction() -> None:
     cal = Calibration()
     cal.add(1.0, 0.5)
     assert cal.factor == 1.0  # too little measured
@@ -365,7 +382,153 @@ def test_calibration_only_shrinks() -> None:
     assert cal.factor == pytest.approx(8.5 / 3.0)
     fast = Calibration()
     fast.add(100.0, 10.0)
-    assert fast.factor == 1.0
+    assert fast.factor == MIN_FACTOR  # faster than estimated: the plan may grow, by at most 1 / MIN_FACTOR
+    fast.add(100.0, 150.0)
+    assert fast.factor == pytest.approx(0.8)
+    assert cal.stop_fraction == 1.0
+    cal.add_training(1000, 300)
+    assert cal.stop_fraction == 1.0  # one run says little
+    cal.add_training(1000, 500)
+    assert cal.stop_fraction == pytest.approx(0.4)
+
+
+# ----------------------------------------------------------------------------- training rule
+
+
+def ds_config(**kw: object):
+    from ntklab.config import validate
+
+    raw = {"experiment": "data-scaling", "data": {"name": "digits", "n_min": 64, "n_max": 256}}
+    return validate({**raw, **kw})
+
+
+def test_plans_train_by_the_rule_with_early_stopping() -> None:
+    inputs, probe = fake_inputs(), fake_probe()
+    heads = head_levels(inputs, probe)
+    assert (heads[0].epochs, heads[0].min_steps) == TRAIN_RULES[0] and not heads[0].short
+    for h in heads[:: max(1, len(heads) // 12)]:
+        configs = make_configs(inputs, h, tail_levels(h, ["pretrained-kernel", "kernel-evolution"])[0])
+        tc = configs["data-scaling"].train
+        assert (tc.epochs, tc.min_steps, tc.early_stopping) == (h.epochs, h.min_steps, True)
+        for n in configs["data-scaling"].data.n_grid():  # clip(ceil(epochs · n / min(B, n)), min_steps)
+            assert tc.total_steps(n) == max(h.min_steps, math.ceil(h.epochs * n / min(tc.batch_size, n)))
+        assert tc.total_steps(h.n_max) == h.steps
+        assert configs["pretrained-kernel"].train == tc  # the same networks: shared units
+        evo = configs["kernel-evolution"]
+        assert not evo.train.early_stopping and evo.train.epochs is None
+        assert evo.train.total_steps(evo.evolution.n) == tc.total_steps(evo.evolution.n)
+    # n shrinks to N_USEFUL before training gets shorter; below the useful rules only as a last resort
+    rules = [(h.epochs, h.min_steps) for h in heads]
+    for a, b in zip(heads, heads[1:]):
+        if (b.epochs, b.min_steps) != (a.epochs, a.min_steps) and not b.short:
+            assert (
+                min(x.n_max for x in heads if (x.epochs, x.min_steps) == (a.epochs, a.min_steps)) <= N_USEFUL
+            )
+    assert rules.index(SHORT_RULES[0]) > max(i for i, r in enumerate(rules) if r == TRAIN_RULES[-1])
+    assert all(h.short == ((h.epochs, h.min_steps) in SHORT_RULES) for h in heads)
+
+
+def test_user_training_length_is_kept() -> None:
+    inputs = fake_inputs()
+    inputs.base["train"] = {"steps": 50}
+    heads = head_levels(inputs, fake_probe())
+    assert {(h.epochs, h.short) for h in heads} == {(None, False)}
+    configs = make_configs(inputs, heads[0], tail_levels(heads[0], ["kernel-evolution"])[0])
+    assert configs["data-scaling"].train.total_steps(4096) == 50
+    assert configs["kernel-evolution"].train.steps == 50
+
+
+def test_a_tight_budget_shrinks_n_before_training() -> None:
+    """With the time for the longest rule at n_max = 512 but not at 4096 with a shorter rule
+    either, the plan keeps the longest rule and a smaller n."""
+    est = Estimator(CostModel(fake_probe(step_s=0.01), workers=2), NoStore())
+    plan = choose_plan(fake_inputs(), fake_probe(step_s=0.01), est, 150.0)
+    assert (plan.head.epochs, plan.head.min_steps) == TRAIN_RULES[0], plan.head
+    assert N_USEFUL <= plan.head.n_max < 4096
+    assert "100 epochs, at least 1000 steps" in plan.describe()["training"]
+
+
+@pytest.mark.parametrize("seconds", [60.0, 180.0, 600.0, 1800.0])
+def test_plan_uses_70_to_100_percent_of_the_time(seconds: float) -> None:
+    probe = fake_probe(step_s=0.005, feature_s=0.002)
+    est = Estimator(CostModel(probe, workers=2), NoStore())
+    plan = choose_plan(fake_inputs(), probe, est, seconds)
+    assert plan.fits and 0.7 * seconds <= plan.total <= seconds, (plan.total, plan.head, plan.tail)
+    assert set(plan.configs) == {"data-scaling", "pretrained-kernel", "kernel-evolution"}
+
+
+def test_replan_grows_and_shrinks_the_rest() -> None:
+    probe = fake_probe(step_s=0.005, feature_s=0.002)
+    est = Estimator(CostModel(probe, workers=2), NoStore())
+    plan = choose_plan(fake_inputs(), probe, est, 180.0)
+    rest = ["pretrained-kernel", "kernel-evolution"]
+    larger = replan(fake_inputs(), plan, est, 400.0, rest)
+    assert larger.fits and larger.tail.rank < plan.tail.rank
+    assert larger.configs["data-scaling"] is plan.configs["data-scaling"]  # ran already: kept as it is
+    smaller = replan(fake_inputs(), plan, est, 5.0, rest)
+    assert smaller.tail.rank > plan.tail.rank and "data-scaling" in smaller.configs
+    # the after-kernel ran: only the evolution run changes
+    evo = replan(fake_inputs(), plan, est, 400.0, ["kernel-evolution"])
+    assert evo.tail.pretrained_part() == plan.tail.pretrained_part()
+    assert (
+        evo.configs["kernel-evolution"].evolution.n_checkpoints
+        >= plan.configs["kernel-evolution"].evolution.n_checkpoints
+    )
+    tails = tail_levels(plan.head, rest)
+    assert [t.rank for t in tails] == sorted(t.rank for t in tails)
+    assert all(t.pretrained and t.evolution for t in tails if t.rank < PARTIAL)
+
+
+def test_cost_model_follows_early_stopping_and_the_engine_tiling() -> None:
+    cfg = ds_config(data={"name": "digits", "n_min": 64, "n_max": 256, "n_val": 64, "n_test": 100})
+    c = CostModel(fake_probe())
+    full = c.network(cfg, 256)
+    assert CostModel(fake_probe(), stop_fraction=0.5).network(cfg, 256) < 0.6 * full
+    assert c.network(cfg, 256, taken=cfg.train.total_steps(256) // 2) < 0.6 * full
+    no_stop = ds_config(train={"early_stopping": False}, data={"name": "digits", "n_val": 64, "n_test": 100})
+    assert CostModel(fake_probe(), stop_fraction=0.5).network(no_stop, 256) == pytest.approx(full)
+    # features computed once when they fit the engine's budget shares, recomputed per panel when not
+    fb = fake_probe().feature_bytes
+    roomy = CostModel(fake_probe(), budget_bytes=100 * 2000 * fb)
+    assert roomy.feature_samples(1000, 500) == 1000 + 500 + 1000
+    tight = CostModel(fake_probe(), budget_bytes=300 * fb)  # panels of ~70 rows
+    assert tight.feature_samples(1000, 500) > 5 * 1500
+    assert tight.entk(1000, 500) > roomy.entk(1000, 500)
+
+
+def test_network_check_says_why_not() -> None:
+    cfg = ds_config()
+    summary = {
+        "test_loss_at_n_max": {"nn": 0.5, "entk": 0.7},
+        "training": {"per_n": {"nn": {"256": {"steps": 400.0}}}, "still_falling": []},
+    }
+    good = network_check(cfg, summary)
+    assert good["nn"] == 0.5 and good["planned_steps"] == cfg.train.total_steps(256)
+    assert "at least as good" in good["notes"][-1] and good["notes"][0].startswith("Training rule:")
+    summary["test_loss_at_n_max"] = {"nn": 0.9, "entk": 0.7}
+    assert "early stopping ended training" in network_check(cfg, summary)["notes"][-1]
+    assert "shortened below a useful length" in network_check(cfg, summary, short=True)["notes"][-1]
+    summary["training"]["still_falling"] = [{"method": "nn", "n": 256, "seed": 0}]
+    assert "still falling" in network_check(cfg, summary)["notes"][-1]
+
+
+def test_load_data_keeps_downsample_and_channels() -> None:
+    from ntklab.explain import load_data
+
+    splits = load_data(ds_config(data={"name": "digits", "downsample": 2, "channels": 3}))
+    assert splits.x_train.shape[1:] == (3, 4, 4) and len(splits.x_val) == 0
+    assert len(splits.x_train) > 1000  # the whole pool
+
+
+def test_cli_budget_in_seconds() -> None:
+    from ntklab.cli_explain import add_subcommands
+
+    p = argparse.ArgumentParser(prog="ntklab")
+    add_subcommands(p.add_subparsers(dest="command", required=True))
+    args = p.parse_args(["explain", "--data", "digits", "--budget", "180"])
+    assert args.budget == 180.0 and args.budget_minutes is None
+    with pytest.raises(SystemExit):
+        p.parse_args(["explain", "--data", "digits", "--budget", "180", "--budget-minutes", "3"])
 
 
 def test_executor_skips_units_past_the_deadline(tmp_path: Path) -> None:

@@ -10,12 +10,15 @@ and data (an ``.npz``, a registered dataset, or a dict of arrays), :func:`explai
    eNTK of a small batch (features per sample, contraction per entry, from the engine's own
    timings), one kernel regression, one power-law fit, one figure and the data loading;
 3. **plans** the largest experiments that fit ``SAFETY`` of the budget (default 10 minutes):
-   the n grid, seeds, training steps, validation/test points, the after-kernel's n₀ and the
-   evolution run's size and checkpoints (:func:`choose_plan`). Every unit of every candidate
-   plan is costed by :class:`CostModel` (training ∝ steps, eNTK ∝ features + entries with the
-   engine's tiling, regression ∝ n³) and the units are list-scheduled on the workers; units
-   shared between experiments or already stored cost nothing; analysis, figures and data
-   loading are added;
+   the n grid, seeds, the training rule, validation/test points, the after-kernel's n₀ and
+   the evolution run's size and checkpoints (:func:`choose_plan`). The networks train by a
+   stated rule, epochs with a floor of steps and early stopping on the validation split
+   (``TRAIN_RULES``, the first the data-scaling default); the plan shrinks n, seeds and test
+   points before it shortens training, and trains below a useful length (``SHORT_RULES``) only
+   as a last resort, which the report says. Every unit of every candidate plan is costed by
+   :class:`CostModel` (training ∝ steps, eNTK ∝ features + entries with the engine's tiling,
+   regression ∝ n³) and the units are list-scheduled on the workers; units shared between
+   experiments or already stored cost nothing; analysis, figures and data loading are added;
 4. **runs** ``data-scaling`` (network vs eNTK at init, and the infinite NTK for spec models),
    ``pretrained-kernel`` (the after-kernel at one n₀) and ``kernel-evolution`` (kernel
    distance and velocity during training), each with :func:`~ntklab.run.runner.run_experiment`
@@ -23,10 +26,13 @@ and data (an ``.npz``, a registered dataset, or a dict of arrays), :func:`explai
    (:class:`PlanExecutor`) under one progress bar. It measures its own elapsed time: measured
    unit times recalibrate the cost model, a later repetition (seed) of an experiment starts
    only if all of it fits the experiment's share of the time, no unit starts that would end
-   past the budget, and before each experiment the rest of the plan is shrunk or dropped when
-   running late;
-5. writes ``report.html`` (self-contained) and ``report.md`` with the exponent tables and a
-   plain-language verdict per finding (:mod:`ntklab.report`).
+   past the budget, and before each experiment the rest of the plan is re-planned
+   (:func:`replan`): shrunk or dropped when running late, grown when ahead of time (early
+   stopping ends most training before its planned steps; the calibration measures how much);
+5. writes ``report.html`` (self-contained) and ``report.md`` with the exponent tables, a
+   plain-language verdict per finding (:mod:`ntklab.report`), the training rule, and whether
+   the network at the largest n is at least as good as kernel regression with its eNTK at
+   init, or why not (:func:`network_check`).
 
 Every unit result goes to the shared content-addressed store, and the plan is kept in
 ``explain.json``: running the same command again resumes (finished units are reused, units
@@ -35,7 +41,8 @@ skipped for time are computed).
 Example
 -------
 ``ntklab explain --model examples/resnet_model.py:make_model --data cifar10 --data-path
-/path/to/cifar-10-batches-py --budget-minutes 10 --out runs/explain-resnet``, or in Python::
+/path/to/cifar-10-batches-py --budget-minutes 10 --out runs/explain-resnet`` (or ``--budget 600``,
+in seconds), or in Python::
 
     import ntklab
     result = ntklab.explain(make_model, "data.npz", budget_minutes=5, out="runs/mine")
@@ -69,17 +76,26 @@ if TYPE_CHECKING:
 
 DEFAULT_BUDGET_MINUTES = 10.0
 EXPERIMENTS = ("data-scaling", "pretrained-kernel", "kernel-evolution")
-SAFETY = 0.7  # plan at most this fraction of the time left (estimates are rough)
-LATE_SAFETY = 0.85  # when re-planning after an experiment, with the calibrated cost model
-HEAD_SHARE = 0.55  # data scaling may take at most this share of the planned time
+SAFETY = 0.85  # plan at most this fraction of the time left (the executor guards the rest)
+LATE_SAFETY = 0.9  # when re-planning after an experiment, with the calibrated cost model
+HEAD_SHARE = 0.6  # data scaling may take at most this share of the planned time
+#: Training rules (epochs, at least this many steps) the planner chooses from, the longest
+#: first; every one trains with early stopping on the validation split. The first is the data
+#: scaling default (config.SCALING_TRAIN). The plan shrinks n, seeds and test points before it
+#: shortens training, and goes below the last of these ("a useful length") only as a last
+#: resort, which the report then says.
+TRAIN_RULES = ((100.0, 1000), (50.0, 500), (30.0, 300))
+SHORT_RULES = ((15.0, 150), (8.0, 80))  # last resorts: too short to trust the network
+N_USEFUL = 512  # with a longer rule left, n_max shrinks only down to this before training does
 CONTENTION_STEPS = 4  # training steps timed alone and side by side (one per worker)
 MIN_SPEEDUP = 1.25  # below this parallel speed-up (probe), units run in process
 CALIBRATION_EVIDENCE = 0.1  # recalibrate once this fraction of the planned work was measured
+MIN_FACTOR = 0.5  # the calibration may halve the estimates at most (the plan then grows)
+GROW_BELOW = 0.7  # re-plan larger when the rest is estimated below this share of the time left
 WORKER_START_S = 8.0  # spawning the worker processes and importing torch there
-FULL_TAILS = 8  # the first tails of tail_levels keep both after-kernel and evolution
 REPORT_RESERVE_S = 3.0  # writing report.html / report.md
 LADDER_MAX = 4096  # the largest training set the planner considers
-REGRESS_PROBE_N = 256  # kernel regression is timed at this n and scaled as n³
+REGRESS_PROBE_N = 512  # kernel regression is timed at this n and scaled as n³ (at least 1/8)
 LR_PROBE_STEPS = 12  # training steps of each learning-rate try (on one batch)
 LR_TRIES = 4  # train.lr, then lowered by LR_DECREASE up to 3 times
 LR_DECREASE = 0.25
@@ -419,7 +435,8 @@ class Probe:
     pair_s : eNTK contraction per kernel entry
     entk_overhead_s : fixed cost of one eNTK call (planning the layers)
     feature_bytes : memory of one sample's features (decides the eNTK panels, see CostModel)
-    regress_s : one kernel regression at n = ``REGRESS_PROBE_N`` with the ridge grid
+    regress_s : one kernel regression at n = ``REGRESS_PROBE_N`` with the ridge grid, with
+        ``blas_threads`` BLAS threads (as the driver's analysis runs)
     fit_s : one power-law fit with its bootstrap
     figure_s : one figure
     infinite_pair_s : the infinite NTK + NNGP per kernel entry (spec models), else 0
@@ -455,6 +472,7 @@ class Probe:
     contention: float = 1.0
     threads: int = 1
     seconds: float = 0.0
+    blas_threads: int = 0  # BLAS threads of the driver (regressions); 0: left as they were
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
@@ -494,7 +512,13 @@ def check_model(cfg: AnyConfig, x: np.ndarray, num_outputs: int, what: str) -> n
 
 
 def load_data(cfg: AnyConfig) -> Any:
-    """The prepared splits with the whole training pool (no validation split carved out)."""
+    """The prepared splits with the whole training pool (no validation split carved out).
+
+    Read and preprocessed as the experiments' :func:`ntklab.data.registry.load_splits` does
+    (the registry's loader and checks, classes, standardization, ZCA, ``downsample``,
+    ``channels``), reading at most ``LADDER_MAX`` plus the validation split of on-disk
+    datasets; ``load_splits`` itself would refuse a pool smaller than what it reads.
+    """
     from ntklab.data.prepare import prepare
     from ntklab.data.registry import load_raw
 
@@ -509,7 +533,21 @@ def load_data(cfg: AnyConfig) -> Any:
         classes=d.classes,
         standardize=d.standardize,
         zca=d.zca,
+        downsample=d.downsample,
+        channels=d.channels,
     )
+
+
+def limit_blas(n: int) -> Callable[[], None]:
+    """Limit the BLAS threads of this process to ``n`` (0: leave them); returns the undo."""
+    if n < 1:
+        return lambda: None
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - scikit-learn depends on it
+        return lambda: None
+    limiter = threadpool_limits(limits=n, user_api="blas")
+    return limiter.restore_original_limits
 
 
 @contextlib.contextmanager
@@ -694,8 +732,15 @@ def _probe(cfg: AnyConfig, what: str, lr_fixed: bool, workers: int) -> Probe:
         reg.select(kern[n_r:, :n_r], yy[n_r:])
         reg.predict(kern[n_r:, :n_r])
 
-    regress()  # warm-up (LAPACK initialisation)
-    regress_s = float(np.median([_timed(regress)[1] for _ in range(3)]))  # BLAS timings are noisy
+    # the driver's BLAS threads: one per core left free by the units (the measured parallel
+    # speed-up); several BLAS threads on busy cores make small eigensolvers 100x slower
+    blas = max(1, round(workers / contention)) if workers > 1 else 0
+    restore = limit_blas(blas)
+    try:
+        regress()  # warm-up (LAPACK initialisation)
+        regress_s = float(np.median([_timed(regress)[1] for _ in range(3)]))  # BLAS timings are noisy
+    finally:
+        restore()
 
     # one power-law fit with the bootstrap, one figure
     grid = np.array([32, 64, 128, 256])
@@ -743,6 +788,7 @@ def _probe(cfg: AnyConfig, what: str, lr_fixed: bool, workers: int) -> Probe:
         lr_stable=stable,
         contention=contention,
         seconds=time.perf_counter() - t_start,
+        blas_threads=blas,
     )
 
 
@@ -754,14 +800,19 @@ class CostModel:
 
     Unit estimates (one worker, the units' thread count), times the calibration ``factor``:
 
-    * training: ``init + steps · step_s · max(min(B, n) / B, 1/4) + fwd_s · (n + T) · evals``;
-    * eNTK with n training points (symmetric block) and E evaluation points (cross block),
-      after :mod:`ntklab.kernels.tiling`: panels of R = ½·budget / (feature bytes per sample)
-      rows; the features of the columns after a panel are recomputed for every panel, and
-      those of the n training columns for every panel of E rows unless they fit a quarter of
-      the budget. Seconds: ``overhead + feature_s · samples + pair_s · entries``;
+    * training: ``init + steps · step_s · max(min(B, n) / B, 1/4) + fwd_s · (V · evals + n + T)``
+      (V validation points evaluated ``train.evals + 1`` times when there is a validation split,
+      then the n training and T test points); with early stopping the steps and evaluations are
+      scaled by ``stop_fraction``, the fraction of the planned steps that early-stopped runs of
+      this explain run took so far (1 until measured);
+    * eNTK with n training points (symmetric block) and E evaluation points (cross block), with
+      the panels of :mod:`ntklab.kernels.tiling` (its ``RESIDENT_SHARE`` and ``FEATURES_SHARE``
+      of the memory budget, at ``feature_bytes`` per sample): features computed once when they
+      fit, else those of the columns after each panel again for every panel (symmetric), or
+      those of the n training columns again for every panel of E rows (cross). Seconds:
+      ``overhead + feature_s · samples + pair_s · entries``;
     * infinite NTK/NNGP: ``infinite_pair_s`` per entry;
-    * kernel regression: ``regress_s · max(1, (n / 256)³)`` per kernel and n.
+    * kernel regression: ``regress_s · max(1/8, (n / 512)³)`` per kernel and n.
 
     An experiment's wall time (:meth:`experiment`) is the list schedule of its units in plan
     order on ``workers`` workers (a unit starts once the units it reads are done), slowed by
@@ -770,32 +821,63 @@ class CostModel:
     """
 
     def __init__(
-        self, probe: Probe, workers: int = 1, factor: float = 1.0, budget_bytes: int = 2**31
+        self,
+        probe: Probe,
+        workers: int = 1,
+        factor: float = 1.0,
+        budget_bytes: int = 2**31,
+        stop_fraction: float = 1.0,
     ) -> None:
         self.p = probe
         self.workers = max(1, workers)
         self.factor = factor
         self.budget_bytes = budget_bytes
+        self.stop_fraction = stop_fraction
 
     def scaled(self, factor: float) -> CostModel:
         """The same model with calibration ``factor``."""
-        return CostModel(self.p, self.workers, factor, self.budget_bytes)
+        return CostModel(self.p, self.workers, factor, self.budget_bytes, self.stop_fraction)
+
+    @property
+    def slow(self) -> float:
+        """How much slower a unit runs beside the others (the probe's contention, with workers)."""
+        return self.p.contention if self.workers > 1 else 1.0
 
     # ---- pieces (seconds on one worker)
-    def train(self, n: int, steps: int, n_test: int, evals: int = 1) -> float:
-        """Seconds of training n samples for ``steps`` steps, with ``evals`` evaluations."""
+    def train(
+        self, n: int, steps: float, n_test: int, evals: int = 1, n_val: int = 0, val_evals: float = 0
+    ) -> float:
+        """Seconds of training n samples for ``steps`` steps, with ``evals`` evaluations of the
+        n training and ``n_test`` test points and ``val_evals`` of ``n_val`` validation points."""
         p = self.p
         frac = max(min(p.batch, n) / max(p.batch, 1), 0.25)
-        return self.factor * (p.init_s + steps * p.step_s * frac + p.fwd_s * (n + n_test) * evals)
+        fwd = p.fwd_s * ((n + n_test) * evals + n_val * val_evals)
+        return self.factor * (p.init_s + steps * p.step_s * frac + fwd)
+
+    def feature_samples(self, n: int, n_eval: int) -> int:
+        """Samples whose eNTK features the engine computes for the blocks K(n, n) and K(E, n)."""
+        from ntklab.kernels.tiling import FEATURES_SHARE, RESIDENT_SHARE
+
+        fb = max(self.p.feature_bytes, 1)
+        resident = int(RESIDENT_SHARE * self.budget_bytes) // fb
+        m = max(2, int(FEATURES_SHARE * self.budget_bytes) // fb)
+        if n <= resident:
+            samples = n
+        else:  # panels of R rows; each panel recomputes the columns after it
+            r = max(1, min(n, 2 * m // 3))
+            samples = n + sum(max(0, n - (i + 1) * r) for i in range(math.ceil(n / r)))
+        if n_eval:
+            if n_eval + n <= m:
+                samples += n_eval + n
+            else:  # panels of R evaluation rows; each recomputes the n training columns
+                r = max(1, min(n_eval, 2 * m // 3))
+                samples += n_eval + math.ceil(n_eval / r) * n
+        return samples
 
     def entk(self, n: int, n_eval: int) -> float:
         """Seconds of the eNTK blocks on n training and ``n_eval`` evaluation points."""
         p = self.p
-        panel = max(1, int(0.5 * self.budget_bytes // max(p.feature_bytes, 1)))
-        samples = n + sum(max(0, n - (i + 1) * panel) for i in range(math.ceil(n / panel)))
-        if n_eval:
-            cached = n * p.feature_bytes <= 0.25 * self.budget_bytes
-            samples += n_eval + (n if cached else math.ceil(n_eval / panel) * n)
+        samples = self.feature_samples(n, n_eval)
         entries = n * (n + 1) / 2 + n_eval * n
         calls = 2 if n_eval else 1
         return self.factor * (
@@ -808,11 +890,26 @@ class CostModel:
 
     def regress(self, n: int) -> float:
         """Seconds of one kernel regression (the ridge grid) at n."""
-        return self.factor * self.p.regress_s * max(1.0, (n / REGRESS_PROBE_N) ** 3)
+        return self.factor * self.p.regress_s * max(0.125, (n / REGRESS_PROBE_N) ** 3)
+
+    def network(self, cfg: AnyConfig, n: int, steps: int | None = None, taken: int | None = None) -> float:
+        """Seconds of one network of ``cfg`` trained on n points by its rule (or ``steps``) and
+        evaluated: ``taken`` steps when known, else the planned ones, early-stopped by
+        ``stop_fraction``."""
+        planned = int(steps if steps is not None else cfg.train.total_steps(n))
+        tc, t = cfg.train, _n_test(cfg, self.p)
+        frac = 1.0
+        if taken is not None:
+            frac = min(1.0, taken / max(planned, 1))
+        elif tc.early_stopping and cfg.data.n_val > 0:
+            frac = self.stop_fraction
+        val_evals = (tc.evals + 1) * frac if cfg.data.n_val > 0 else 0.0
+        return self.train(n, planned * frac, t, n_val=cfg.data.n_val, val_evals=val_evals)
 
     # ---- units
-    def unit(self, cfg: AnyConfig, u: Unit) -> float:
-        """Estimated seconds of unit ``u`` of experiment ``cfg`` on one worker."""
+    def unit(self, cfg: AnyConfig, u: Unit, taken: int | None = None) -> float:
+        """Estimated seconds of unit ``u`` of experiment ``cfg`` on one worker (``taken``: the
+        training steps it took, once known)."""
         a, fn = u.args, u.fn.rpartition(":")[2]
         t = _n_test(cfg, self.p)
         e = cfg.data.n_val + t
@@ -821,7 +918,7 @@ class CostModel:
             return int(a.get("steps") or cfg.train.total_steps(n))
 
         if fn == "train_network":
-            return self.train(a["n"], steps_of(a["n"]), t)
+            return self.network(cfg, a["n"], a.get("steps"), taken)
         if fn == "entk_at_init":
             return self.entk(a["n"], e)
         if (
@@ -836,9 +933,8 @@ class CostModel:
         if fn == "kernels_at_checkpoint":
             return self.entk(a["n_train"], e) + self.entk(a.get("probe_test", 0), 0)
         if fn == "after_kernel":  # pre-train on n0, then the eNTK on n training points
-            return (
-                self.train(a["n0"], steps_of(a["n0"]), t) + self.entk(a["n"], e) - self.factor * self.p.init_s
-            )
+            pre = self.network(cfg, a["n0"], a.get("steps"), taken)
+            return pre + self.entk(a["n"], e) - self.factor * self.p.init_s
         # units of experiments written later: judged by their kind and arguments (conservative)
         n = int(a.get("n") or a.get("n_train") or a.get("n0") or cfg.data.n_max)
         if u.kind == "train":
@@ -878,8 +974,7 @@ class CostModel:
                 continue
             seen.add(u.key)
             items.append((u.key, self.unit(cfg, u), tuple(getattr(u, "after", ()))))
-        slow = self.p.contention if self.workers > 1 else 1.0
-        wall = list_schedule(items, self.workers) * slow
+        wall = list_schedule(items, self.workers) * self.slow
         loads = self.p.load_s * (2 if items and self.workers > 1 else 1)
         return self.factor * loads + wall + self.analysis(cfg)
 
@@ -905,7 +1000,13 @@ def _n_test(cfg: AnyConfig, probe: Probe) -> int:
 
 @dataclass(frozen=True)
 class Head:
-    """The data-scaling part of a plan (shared by the other experiments: data, seeds, training)."""
+    """The data-scaling part of a plan (shared by the other experiments: data, seeds, training).
+
+    The networks train by a rule, ``epochs`` with at least ``min_steps`` steps and early
+    stopping on the validation split (:meth:`ntklab.config.TrainConfig.total_steps`); None for
+    both: the training length the user set (``train.steps`` / ``train.epochs``). ``steps`` is
+    what the rule plans at ``n_max``; ``short``: the rule is below a useful length (a last resort).
+    """
 
     n_max: int
     n_min: int
@@ -915,11 +1016,18 @@ class Head:
     n_test: int
     factor: float = 2.0  # the grid n_min · factor^k lands on n_max (3 or 4 points)
     lr: float | None = None  # the probe's stable learning rate (None: the config's)
+    epochs: float | None = None
+    min_steps: int | None = None
+    short: bool = False
 
 
 @dataclass(frozen=True)
 class Tail:
-    """The after-kernel and kernel-evolution parts of a plan."""
+    """The after-kernel and kernel-evolution parts of a plan.
+
+    ``rank``: the preference of :func:`tail_levels` (lower first; from ``PARTIAL`` on, an
+    experiment is dropped).
+    """
 
     pretrained: bool
     n0: int
@@ -928,6 +1036,12 @@ class Tail:
     checkpoints: int
     probe: int  # probe_train = regress_n; probe_test = min(probe, n_test)
     evo_n: int = 0  # the evolution run's training-set size (0: n_max)
+    pk_seeds: int = 0  # repetitions of the after-kernel (0: the head's seeds)
+    rank: int = 0
+
+    def pretrained_part(self) -> tuple[bool, int, bool, int]:
+        """What defines the after-kernel experiment."""
+        return (self.pretrained, self.n0, self.grow, self.pk_seeds)
 
 
 @dataclass
@@ -955,6 +1069,8 @@ class Plan:
             "n_val": self.head.n_val,
             "n_test": self.head.n_test,
         }
+        if ds is not None:
+            d["training"] = training_rule(ds, self.head.short)
         pk = self.configs.get("pretrained-kernel")
         if pk is not None:
             d.update(n0=pk.pretrained.n0[0], grow=pk.pretrained.grow)
@@ -972,6 +1088,32 @@ class Plan:
 _MISSING = object()
 
 
+def training_rule(cfg: AnyConfig, short: bool = False) -> str:
+    """The rule the networks of ``cfg`` train by, in words, with the steps it plans on the grid."""
+    tc, grid = cfg.train, cfg.data.n_grid()
+    if tc.epochs is not None:
+        length = f"{tc.epochs:g} epochs, at least {tc.min_steps} steps" + (
+            f", at most {tc.max_steps}" if tc.max_steps is not None else ""
+        )
+    else:
+        length = f"{tc.total_steps(grid[-1])} steps"
+    steps = sorted({tc.total_steps(n) for n in grid})
+    planned = f"{steps[0]}" if len(steps) == 1 else f"{steps[0]}–{steps[-1]}"
+    stop = (
+        f", early stopping on {cfg.data.n_val} validation points (patience {tc.patience:g} of training; "
+        "best-validation weights kept)"
+        if tc.early_stopping and cfg.data.n_val > 0
+        else ", to the end"
+    )
+    text = (
+        f"{tc.optimizer} lr {tc.lr:.3g}, {tc.schedule} schedule, batch {tc.batch_size}, {length} "
+        f"({planned} planned steps on n = {grid[0]}..{grid[-1]}){stop}"
+    )
+    if short:
+        text += "; shortened below a useful length to fit the budget: the networks may be under-trained"
+    return text
+
+
 def _get(raw: Mapping[str, Any], dotted: str) -> Any:
     """The value at dotted key ``dotted`` of ``raw``, or ``_MISSING``."""
     node: Any = raw
@@ -986,21 +1128,36 @@ def _pow2_down(n: int) -> int:
     return 1 << (max(n, 1).bit_length() - 1)
 
 
+def _user_length(inputs: Inputs) -> bool:
+    """Whether the user set how long the networks train (``train.steps`` or ``train.epochs``)."""
+    return any(_get(inputs.base, f"train.{k}") is not _MISSING for k in ("steps", "epochs"))
+
+
+def rule_steps(epochs: float, min_steps: int, n: int, batch: int, max_steps: int | None = None) -> int:
+    """Steps of the rule ``epochs`` with at least ``min_steps`` on n points (TrainConfig.total_steps)."""
+    steps = max(1, min_steps, math.ceil(epochs * n / max(min(batch, n), 1)))
+    return min(steps, max_steps) if max_steps is not None else steps
+
+
 def head_levels(inputs: Inputs, probe: Probe) -> list[Head]:
     """Data-scaling plans from the largest to the smallest, in order of preference.
 
     n_max runs over the largest pool size allowed and the powers of two below it (down to
-    32); the grid is 4 points from n_max/8 to n_max (3 when n_max is tiny), geometric. For each n_max,
-    in order: 3 then 2 seeds and 1000/500 test points with ~30 epochs at n_max (at least 100
-    steps); then 2 seeds, 500/250 test points, ~15 epochs; last resorts ~8 epochs (at least 40
-    steps). Values the user set (seeds, steps, n_val, n_test) are kept.
+    32); the grid is 4 points from n_max/8 to n_max (3 when n_max is tiny), geometric. Training
+    gets the share it needs: for each rule of ``TRAIN_RULES`` (longest first), n_max shrinks
+    down to ``N_USEFUL`` (with 3 then 2 seeds, 1000/500/250 test points) before the next,
+    shorter rule is tried; the last useful rule goes down to the smallest n_max, and only then
+    the ``SHORT_RULES`` (marked ``short``). Values the user set (seeds, training length, n_val,
+    n_test) are kept.
     """
     floor = max(8, 2 * probe.num_outputs)
     cap = min(inputs.n_cap or LADDER_MAX, LADDER_MAX)
-    fixed_val, fixed_test, fixed_seeds = (
-        _get(inputs.base, k) for k in ("data.n_val", "data.n_test", "seeds")
+    fixed_val, fixed_test, fixed_seeds, fixed_min, fixed_max = (
+        _get(inputs.base, k)
+        for k in ("data.n_val", "data.n_test", "seeds", "train.min_steps", "train.max_steps")
     )
     lr = None if _get(inputs.base, "train.lr") is not _MISSING else probe.lr or None
+    max_steps = None if fixed_max is _MISSING else fixed_max
 
     def n_val_for(n_max: int) -> int:
         return int(fixed_val) if fixed_val is not _MISSING else int(min(256, max(32, n_max // 4)))
@@ -1011,82 +1168,119 @@ def head_levels(inputs: Inputs, probe: Probe) -> list[Head]:
             f"the training pool has {probe.pool} samples; too few for a data-scaling plan with a validation split."
         )
     n_maxes = [top] + [q for q in (_pow2_down(top) >> i for i in range(12)) if 32 <= q < top]
+    useful = min(N_USEFUL, top)
     tests = (1000, 500, 250)
+    long_variants = ((3, 0), (2, 0), (2, 1), (2, 2))
+    levels: list[tuple[float | None, int | None, bool, list[int], tuple[tuple[int, int], ...]]] = []
+    if _user_length(inputs):  # the user's training length: only n, seeds and test points shrink
+        levels.append((None, None, False, n_maxes, long_variants))
+    else:
+        for k, (epochs, min_steps) in enumerate(TRAIN_RULES):
+            last = k == len(TRAIN_RULES) - 1
+            levels.append(
+                (epochs, min_steps, False, [q for q in n_maxes if last or q >= useful], long_variants)
+            )
+        levels += [(e, m, True, n_maxes[-3:], ((2, 2),)) for e, m in SHORT_RULES]
     out: list[Head] = []
-    for epochs, min_steps, variants in (
-        (30, 100, ((3, 0), (2, 0), (2, 1))),
-        (15, 100, ((2, 1), (2, 2))),
-        (8, 40, ((2, 2),)),
-    ):
-        for top_n in n_maxes:
+    for epochs, min_steps, short, tops, variants in levels:
+        for top_n in tops:
             n_val = n_val_for(top_n)
             n_max = min(top_n, probe.pool - n_val)
             n_min = max(min(floor, n_max // 4), n_max // 8, 2)
             ratio = n_max / n_min
             factor = ratio ** (1 / (3 if ratio >= 6 else 2))
-            steps = int(min(1500, max(min_steps, round(epochs * n_max / max(probe.batch, 1)))))
+            if epochs is None:
+                steps = 0  # the user's length: make_configs reads it from the config
+            else:
+                m = int(fixed_min) if fixed_min is not _MISSING else int(min_steps or 0)
+                steps = rule_steps(epochs, m, n_max, probe.batch, max_steps)
             for seeds, ti in variants:
                 t = min(probe.n_test_max, tests[ti]) if fixed_test is _MISSING else int(fixed_test)
                 s = seeds if fixed_seeds is _MISSING else int(fixed_seeds)
-                out.append(Head(n_max, n_min, s, steps, n_val, t, round(factor, 6), lr))
+                out.append(
+                    Head(n_max, n_min, s, steps, n_val, t, round(factor, 6), lr, epochs, min_steps, short)
+                )
     return list(dict.fromkeys(out))
 
 
-def tail_levels(head: Head, available: Sequence[str]) -> list[Tail]:
-    """After-kernel and evolution plans from the largest to none, in order of preference.
+#: The after-kernel's sizes, largest first: (grow: also n₀ = n at every n, one seed only).
+PRETRAINED_LEVELS = ((True, False), (False, False), (False, True))
+#: The evolution run's sizes, largest first: (checkpoints, probe points, its n = n_max / this).
+EVOLUTION_LEVELS = (
+    (24, 1024, 1),
+    (20, 768, 1),
+    (16, 512, 1),
+    (12, 384, 1),
+    (10, 256, 1),
+    (8, 128, 1),
+    (6, 128, 1),
+    (5, 64, 1),
+    (4, 64, 1),
+    (4, 64, 2),
+    (4, 32, 4),
+)
+PARTIAL = 1000  # tails of this rank and above drop an experiment
 
-    The first ``FULL_TAILS`` keep both experiments: the after-kernel at n₀ = n_max/2 (also at
-    n₀ = n in the first two), and the evolution run on n_max (then n_max/2, n_max/4) points with
-    10 down to 4 checkpoints and probes of 256 down to 32 points. Then evolution only,
-    after-kernel only, neither.
+
+def tail_levels(head: Head, available: Sequence[str]) -> list[Tail]:
+    """After-kernel and evolution plans, in order of preference (``Tail.rank``).
+
+    First every pair of an after-kernel size (n₀ = n_max/2, also n₀ = n at every n; then
+    n₀ = n_max/2 alone; then that on one seed) and an evolution size (on n_max, then n_max/2,
+    n_max/4 points, with 24 down to 4 checkpoints and probes of 1024 down to 32 points); the
+    rank is the sum of the two sizes' places, so the budget is shared between both experiments.
+    Then evolution only (rank ``PARTIAL`` + its place), after-kernel only, neither.
     """
     n0 = max(head.n_min, head.n_max // 2)
-    levels = (  # grow, checkpoints, probe, evolution n = n_max / this
-        (True, 10, 256, 1),
-        (True, 8, 128, 1),
-        (False, 8, 128, 1),
-        (False, 6, 128, 1),
-        (False, 5, 64, 1),
-        (False, 4, 64, 1),
-        (False, 4, 64, 2),
-        (False, 4, 32, 4),
-    )
-    out = []
-    for grow, ckpts, probe, div in levels:
+    one = 1 if head.seeds > 1 else 0
+    pk = [(g, one if single else 0) for g, single in PRETRAINED_LEVELS if not (single and not one)]
+
+    def evolution(i: int) -> tuple[int, int, int]:
+        ckpts, probe, div = EVOLUTION_LEVELS[i]
         evo_n = max(head.n_max // div, min(16, head.n_max))
-        out.append(Tail(True, n0, grow, True, ckpts, min(probe, evo_n), evo_n))
-    small = min(32, head.n_max)
-    evo_n = max(head.n_max // 4, small)
+        return ckpts, min(probe, evo_n), evo_n
+
+    out = []
+    for a, (grow, seeds) in enumerate(pk):
+        for b in range(len(EVOLUTION_LEVELS)):
+            out.append(Tail(True, n0, grow, True, *evolution(b), seeds, a + b))
+    out.sort(key=lambda t: t.rank)  # stable: of one rank, the larger after-kernel first
+    out += [Tail(False, n0, False, True, *evolution(b), 0, PARTIAL + b) for b in range(len(EVOLUTION_LEVELS))]
     out += [
-        Tail(False, n0, False, True, 4, small, evo_n),
-        Tail(True, n0, False, False, 4, small, evo_n),
-        Tail(False, n0, False, False, 4, small, evo_n),
+        Tail(True, n0, g, False, *evolution(len(EVOLUTION_LEVELS) - 1), s, 2 * PARTIAL + a)
+        for a, (g, s) in enumerate(pk)
     ]
-    return [
-        replace(
-            t,
-            pretrained=t.pretrained and "pretrained-kernel" in available,
-            evolution=t.evolution and "kernel-evolution" in available,
-        )
-        for t in out
-    ]
+    out.append(Tail(False, n0, False, False, *evolution(len(EVOLUTION_LEVELS) - 1), 0, 3 * PARTIAL))
+    has_pk, has_evo = "pretrained-kernel" in available, "kernel-evolution" in available
+    kept = []
+    for t in out:
+        if (t.pretrained and not has_pk) or (t.evolution and not has_evo):
+            continue  # the same plan as a tail without that experiment
+        kept.append(t)
+    return kept
 
 
 def make_configs(inputs: Inputs, head: Head, tail: Tail) -> dict[str, AnyConfig]:
-    """The validated configs of a (head, tail) plan; the user's own settings always win."""
+    """The validated configs of a (head, tail) plan; the user's own settings always win.
+
+    Data scaling and the after-kernel train by the head's rule (early stopping on the
+    validation split); the evolution run trains its n points for the steps the same rule
+    plans there, to the end (its checkpoints are spread over the whole of training).
+    """
     spec = inputs.model is None
+    train: dict[str, Any] = {"lr": head.lr} if head.lr else {}
+    if head.epochs is not None and not _user_length(inputs):
+        train.update(epochs=head.epochs, min_steps=head.min_steps, early_stopping=True)
     base = _deep_merge(
         {
             "seeds": head.seeds,
-            "train": {"steps": head.steps, **({"lr": head.lr} if head.lr else {})},
+            "train": train,
             "data": {"n_val": head.n_val, "n_test": head.n_test},
             "methods": ["nn", "entk", "ntk"] if spec else ["nn", "entk"],
         },
         inputs.base,
     )
     base["data"].update(n_min=head.n_min, n_max=head.n_max, grid_factor=head.factor)
-    if _get(inputs.base, "train.epochs") is not _MISSING:
-        base["train"].pop("steps", None)
     ds = validate({**base, "experiment": "data-scaling"})
     configs: dict[str, AnyConfig] = {"data-scaling": ds}
     # the other experiments share every section of data scaling exactly (experiments may have
@@ -1094,20 +1288,27 @@ def make_configs(inputs: Inputs, head: Head, tail: Tail) -> dict[str, AnyConfig]
     base = {k: v for k, v in ds.model_dump(mode="json").items() if k != "experiment"}
     if tail.pretrained:
         raw = _deep_merge(
-            {**base, "pretrained": {"n0": [tail.n0], "grow": tail.grow}},
+            {
+                **base,
+                "seeds": tail.pk_seeds or head.seeds,
+                "pretrained": {"n0": [tail.n0], "grow": tail.grow},
+            },
             {"pretrained": inputs.sections.get("pretrained", {})},
         )
         configs["pretrained-kernel"] = validate({**raw, "experiment": "pretrained-kernel"})
     if tail.evolution:
+        evo_n = tail.evo_n or head.n_max
         evo = {
-            "n": tail.evo_n or head.n_max,
+            "n": evo_n,
             "n_checkpoints": tail.checkpoints,
             "probe_train": tail.probe,
             "probe_test": min(tail.probe, head.n_test),
             "regress_n": tail.probe,
         }
+        fixed_length = {**base["train"], "epochs": None, "steps": ds.train.total_steps(evo_n)}
         raw = _deep_merge(
-            {**base, "seeds": 1, "evolution": evo}, {"evolution": inputs.sections.get("evolution", {})}
+            {**base, "seeds": 1, "evolution": evo, "train": {**fixed_length, "early_stopping": False}},
+            {"evolution": inputs.sections.get("evolution", {})},
         )
         configs["kernel-evolution"] = validate({**raw, "experiment": "kernel-evolution"})
     return configs
@@ -1137,6 +1338,10 @@ class Estimator:
         self.costs, self.store = costs, store
         self._stored: dict[str, bool] = {}
 
+    def forget(self) -> None:
+        """Forget what the store held (units stored since are free from now on)."""
+        self._stored.clear()
+
     def stored(self, key: str) -> bool:
         """Whether the store holds unit ``key`` (memoized)."""
         if key not in self._stored:
@@ -1154,13 +1359,34 @@ class Estimator:
         return out
 
 
+def _best_fit(
+    inputs: Inputs,
+    head: Head,
+    tails: Sequence[Tail],
+    estimator: Estimator,
+    seconds: float,
+    names: Sequence[str] | None = None,
+) -> tuple[Tail, dict[str, AnyConfig], dict[str, float]] | None:
+    """The first of ``tails`` (in order of preference) whose plan (its experiments among
+    ``names``; all when None) fits ``seconds``; None when none fits."""
+    for tail in tails:
+        configs = make_configs(inputs, head, tail)
+        if names is not None:
+            configs = {k: v for k, v in configs.items() if k in names}
+        est = estimator(configs)
+        if sum(est.values()) <= seconds:
+            return tail, configs, est
+    return None
+
+
 def choose_plan(inputs: Inputs, probe: Probe, estimator: Estimator, seconds: float) -> Plan:
     """The largest plan whose estimate fits ``seconds``.
 
     First pass: the first head of :func:`head_levels` whose data scaling takes at most
-    ``HEAD_SHARE`` of ``seconds``, with the largest tail that keeps every available experiment
-    and fits. Second pass (a small budget): the smallest head with the largest tail that fits,
-    dropping experiments. When nothing fits, the smallest plan with ``fits = False``.
+    ``HEAD_SHARE`` of ``seconds``, with the most preferred tail that keeps every available
+    experiment and fits. Second pass (a small budget): the smallest head with the most
+    preferred tail that fits, dropping experiments. When nothing fits, the smallest head and
+    smallest full tail with ``fits = False``.
     """
     avail = available_experiments()
     heads = head_levels(inputs, probe)
@@ -1168,38 +1394,34 @@ def choose_plan(inputs: Inputs, probe: Probe, estimator: Estimator, seconds: flo
         tails = tail_levels(head, avail)
         if estimator(make_configs(inputs, head, tails[-1]))["data-scaling"] > HEAD_SHARE * seconds:
             continue
-        for tail in tails[:FULL_TAILS]:
-            configs = make_configs(inputs, head, tail)
-            est = estimator(configs)
-            if sum(est.values()) <= seconds:
-                return Plan(head, tail, configs, est)
+        found = _best_fit(inputs, head, [t for t in tails if t.rank < PARTIAL], estimator, seconds)
+        if found is not None:
+            return Plan(head, *found)
     head = heads[-1]
     tails = tail_levels(head, avail)
-    for tail in tails:
-        configs = make_configs(inputs, head, tail)
-        est = estimator(configs)
-        if sum(est.values()) <= seconds:
-            return Plan(head, tail, configs, est)
-    configs = make_configs(inputs, head, tails[FULL_TAILS - 1])
-    return Plan(head, tails[FULL_TAILS - 1], configs, estimator(configs), fits=False)
+    found = _best_fit(inputs, head, tails, estimator, seconds)
+    if found is not None:
+        return Plan(head, *found)
+    tail = [t for t in tails if t.rank < PARTIAL][-1] if tails[0].rank < PARTIAL else tails[-1]
+    configs = make_configs(inputs, head, tail)
+    return Plan(head, tail, configs, estimator(configs), fits=False)
 
 
-def shrink_plan(
+def replan(
     inputs: Inputs, plan: Plan, estimator: Estimator, seconds: float, remaining: Sequence[str]
 ) -> Plan:
-    """Re-plan the experiments still to run (``remaining``) to fit ``seconds``: the first tail of
-    the ladder, no larger than the current one, whose estimate fits (experiments are dropped
-    last); ``fits = False`` and none of them when nothing fits."""
+    """Re-plan the experiments ``remaining`` (those still to run, also ones dropped earlier) to
+    fit ``seconds``: the most preferred tail that fits, keeping the experiments already run as
+    they are; ``fits = False`` and none of them when nothing fits."""
     tails = tail_levels(plan.head, available_experiments())
-    start = tails.index(plan.tail) if plan.tail in tails else 0
+    if "pretrained-kernel" not in remaining:  # it ran (or was dropped) as it is
+        tails = [t for t in tails if t.pretrained_part() == plan.tail.pretrained_part()] or tails
     kept = {k: v for k, v in plan.configs.items() if k not in remaining}
-    for tail in tails[start:]:
-        configs = make_configs(inputs, plan.head, tail)
-        todo = {k: v for k, v in configs.items() if k in remaining}
-        est = estimator(todo)
-        if sum(est.values()) <= seconds:
-            return Plan(plan.head, tail, {**kept, **todo}, {**plan.estimates, **est})
-    return Plan(plan.head, tails[-1], kept, plan.estimates, fits=False)
+    found = _best_fit(inputs, plan.head, tails, estimator, seconds, remaining)
+    if found is None:
+        return Plan(plan.head, tails[-1], kept, plan.estimates, fits=False)
+    tail, todo, est = found
+    return Plan(plan.head, tail, {**kept, **todo}, {**plan.estimates, **est})
 
 
 # ============================================================================= execution
@@ -1226,24 +1448,42 @@ class Calibration:
     """Measured vs estimated seconds of the work done so far; ``factor`` scales later estimates.
 
     ``min_seconds``: how much measured work the factor needs (the first units of a process
-    also pay one-off costs, imports and warm-up, so a little work says little).
+    also pay one-off costs, imports and warm-up, so a little work says little). Training
+    units are compared with their estimate at the steps they took, and their planned and
+    taken steps give ``stop_fraction``, how much of the plan early stopping leaves.
     """
 
     estimated: float = 0.0
     actual: float = 0.0
     min_seconds: float = 3.0
+    planned_steps: int = 0
+    taken_steps: int = 0
+    trainings: int = 0
 
     def add(self, estimated: float, actual: float) -> None:
         """Record one piece of work: its uncalibrated estimate and its measured seconds."""
         self.estimated += estimated
         self.actual += actual
 
+    def add_training(self, planned: int, taken: int) -> None:
+        """Record one early-stopped training run: steps planned and taken."""
+        self.planned_steps += max(int(planned), 0)
+        self.taken_steps += max(int(taken), 0)
+        self.trainings += 1
+
     @property
     def factor(self) -> float:
-        """actual / estimated once ``min_seconds`` of work were measured, in [1, 10] (plans only shrink)."""
+        """actual / estimated once ``min_seconds`` of work were measured, in [MIN_FACTOR, 10]."""
         if self.actual < self.min_seconds or self.estimated <= 0:
             return 1.0
-        return max(1.0, min(self.actual / self.estimated, 10.0))
+        return max(MIN_FACTOR, min(self.actual / self.estimated, 10.0))
+
+    @property
+    def stop_fraction(self) -> float:
+        """Steps taken / planned by the early-stopped training runs (1 until 2 were measured)."""
+        if self.trainings < 2 or self.planned_steps <= 0:
+            return 1.0
+        return max(0.05, min(1.0, self.taken_steps / self.planned_steps))
 
 
 class PlanExecutor:
@@ -1293,12 +1533,33 @@ class PlanExecutor:
     def close(self) -> None:
         """The pool belongs to :func:`explain`; nothing to release here."""
 
+    @property
+    def slow(self) -> float:
+        """The contention of units side by side on this executor's workers (1 in process)."""
+        return self.costs.p.contention if self.workers > 1 else 1.0
+
     def _group_fits(self, group: list[Unit], busy: int) -> bool:
         """Whether the units of one repetition, scheduled on the free workers, end before the deadline."""
         items = [(u.key, self.costs.unit(self.cfg, u), tuple(getattr(u, "after", ()))) for u in group]
-        slow = self.costs.p.contention if self.workers > 1 else 1.0
-        wall = list_schedule(items, max(1, self.workers - busy)) * slow * self.calibration.factor
+        wall = list_schedule(items, max(1, self.workers - busy)) * self.slow * self.calibration.factor
         return time.perf_counter() + wall <= self.deadline
+
+    def _measured(self, u: Unit, est: float, secs: float, store: Any) -> None:
+        """Calibrate on a finished unit: a training run is compared with its estimate at the
+        steps it took (early stopping is not a faster machine), and side by side with other
+        units with its estimate slowed by the contention (as the experiment estimates are)."""
+        fn = u.fn.rpartition(":")[2]
+        if fn == "train_network":
+            try:
+                res = store.load(u.key)
+                taken, planned = int(res["steps"]), int(res.get("planned_steps") or 0)
+            except Exception:  # noqa: BLE001 - an older result or a store race: plain estimate
+                taken = planned = 0
+            if planned > 0:
+                est = self.costs.unit(self.cfg, u, taken=taken)
+                if self.cfg.train.early_stopping:
+                    self.calibration.add_training(planned, taken)
+        self.calibration.add(est * self.slow, secs)
 
     def run(
         self,
@@ -1334,7 +1595,8 @@ class PlanExecutor:
                 waiting.remove(v)
 
         def finished(u: Unit, est: float, secs: float, err: str | None) -> None:
-            self.calibration.add(est, secs)
+            if err is None:
+                self._measured(u, est, secs, store)
             self.unit_seconds += secs
             out.add(u.key, secs, err)
             self.bar.set_postfix_str(f"{self.cfg.experiment}: {u.label}")
@@ -1364,7 +1626,7 @@ class PlanExecutor:
                         admitted.add(seed)
                     est = self.costs.unit(self.cfg, u)  # uncalibrated: calibration compares with it
                     limit = self.first_deadline if seed == first else self.hard_deadline
-                    if time.perf_counter() + est * self.calibration.factor > limit:
+                    if time.perf_counter() + est * self.slow * self.calibration.factor > limit:
                         skip(list(waiting))
                         break
                     waiting.remove(u)
@@ -1440,13 +1702,13 @@ def describe_config(cfg: AnyConfig) -> str:
     if cfg.experiment == "kernel-evolution":
         ev = cfg.evolution
         return (
-            f"n = {ev.n}, {ev.n_checkpoints} checkpoints, probe {ev.probe_train} train / {ev.probe_test} test"
+            f"n = {ev.n}, {ev.n_checkpoints} checkpoints, probe {ev.probe_train} train / {ev.probe_test} test, "
+            f"{cfg.train.total_steps(ev.n)} training steps (no early stopping)"
         )
     return (
         f"n ∈ {{{', '.join(map(str, cfg.data.n_grid()))}}}, {cfg.seeds} seeds, "
-        f"{cfg.train.total_steps(cfg.data.n_max)} steps at lr {cfg.train.lr:.3g}, "
-        f"{cfg.data.n_val} val / {cfg.data.n_test} test points, "
-        f"methods {', '.join(cfg.methods)}"
+        f"{cfg.data.n_val} val / {cfg.data.n_test} test points, methods {', '.join(cfg.methods)}; "
+        f"training: {training_rule(cfg)}"
     )
 
 
@@ -1520,6 +1782,9 @@ def _resumed_plan(state: dict[str, Any], estimator: Estimator) -> Plan:
         ds.data.n_test or 0,
         ds.data.grid_factor,
         ds.train.lr,
+        ds.train.epochs,
+        ds.train.min_steps if ds.train.epochs is not None else None,
+        bool(state.get("head_short", False)),
     )
     return Plan(head, Tail(**state["tail"]), configs, estimator(configs))
 
@@ -1582,11 +1847,6 @@ def explain(
     """
     import torch
 
-    from ntklab.progress import progress_bar
-    from ntklab.report.html import write_report
-    from ntklab.report.verdicts import verdicts
-    from ntklab.run.runner import default_store, run_experiment
-
     say = echo or (lambda _s: None)
     clock = Clock(time.perf_counter(), float(budget_minutes) * 60.0)
     if workers is not None and workers < 1:
@@ -1612,6 +1872,37 @@ def explain(
     n_workers = workers or (1 if gpu else default_workers())
     lr_fixed = _get(inputs.base, "train.lr") is not _MISSING
     probe = run_probe(base_cfg, inputs.model_desc, lr_fixed=lr_fixed, workers=n_workers)
+    restore_blas = limit_blas(probe.blas_threads)  # the analysis runs as the probe timed it
+    try:
+        return _explain_planned(
+            inputs, out_dir, state, probe, base_cfg, clock, n_workers, workers, overrides, config,
+            budget_minutes, progress, say,
+        )  # fmt: skip
+    finally:
+        restore_blas()
+
+
+def _explain_planned(
+    inputs: Inputs,
+    out_dir: Path,
+    state: dict[str, Any] | None,
+    probe: Probe,
+    base_cfg: AnyConfig,
+    clock: Clock,
+    n_workers: int,
+    workers: int | None,
+    overrides: Sequence[str],
+    config: str | Path | None,
+    budget_minutes: float,
+    progress: bool | None,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    """:func:`explain` after the probe: plan, run the experiments, write the report."""
+    from ntklab.progress import progress_bar
+    from ntklab.report.html import write_report
+    from ntklab.report.verdicts import verdicts
+    from ntklab.run.runner import default_store, run_experiment
+
     if workers is None and n_workers > 1 and n_workers / probe.contention < MIN_SPEEDUP:
         n_workers = 1  # the cores are busy: worker processes would only add their start-up
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -1641,6 +1932,7 @@ def explain(
                 "config": str(config) if config else None,
             },
             "budget_seconds": clock.budget_s,
+            "head_short": plan.head.short,
             "tail": asdict(plan.tail),
             "plan_configs": {k: _cfg_json(v) for k, v in plan.configs.items()},
         }
@@ -1672,7 +1964,14 @@ def explain(
         stop_pool(pool, now=True)
         raise
     stop_pool(pool)
+    ds_cfg = plan.configs.get("data-scaling")
+    if ds_cfg is not None and "data-scaling" in summaries:
+        state["training"] = network_check(ds_cfg, summaries["data-scaling"], plan.head.short)
+        state["notes"] += state["training"]["notes"]
+        for line in state["training"]["notes"]:
+            say(line)
     state["calibration_factor"] = round(calibration.factor, 3)
+    state["stop_fraction"] = round(calibration.stop_fraction, 3)
     state["seconds"] = round(clock.elapsed() + 1.0, 1)  # the report takes about a second
     _save_state(out_dir, state)
     html_path, md_path = write_report(out_dir)
@@ -1710,36 +2009,22 @@ def _run_one(
     """Run experiment ``name`` of ``plan`` (re-planning what is left when running late);
     returns the plan, shrunk or not. Updates ``state``, ``summaries`` and ``explain.json``."""
     rec = next(r for r in state["experiments"] if r["name"] == name)
-    if name not in plan.configs:
-        rec.update(
-            status="skipped", note="no module in this install" if name in missing else "no budget left"
-        )
-        return plan
-    remaining = [n for n in EXPERIMENTS[EXPERIMENTS.index(name) :] if n in plan.configs]
     costs = estimator.costs
     costs.factor = calibration.factor  # estimates from here on use what was measured so far
+    costs.stop_fraction = calibration.stop_fraction
+    estimator.forget()  # the units of the experiments run so far are stored now
     left = clock.left() - REPORT_RESERVE_S
-    est = estimator({n: plan.configs[n] for n in remaining}, set(_done_keys(plan, name)))
     resumed = (out_dir / name / "run.json").is_file()  # ran before: keep its config (same unit keys)
-    if name != "data-scaling" and not resumed and sum(est.values()) > LATE_SAFETY * left:
-        before = set(plan.configs)
-        plan = shrink_plan(inputs, plan, estimator, LATE_SAFETY * left, remaining)
-        say(
-            f"running late (costs x{costs.factor:.2f}, {max(left, 0):.0f} s left): shrank the rest of the plan"
+    if name != "data-scaling" and not resumed and "data-scaling" in plan.configs:
+        plan = _adjust(name, plan, state, inputs, estimator, left, bar, say)
+    if name not in plan.configs:
+        note = (
+            "no module in this install" if name in missing else f"not enough time left ({max(left, 0):.0f} s)"
         )
-        for n in remaining:
-            say(f"  {n:<18} {describe_config(plan.configs[n]) if n in plan.configs else 'dropped'}")
-        for gone in before - set(plan.configs):
-            state["notes"].append(f"{gone}: dropped to stay within the budget.")
-        bar.total = bar.n + _count_units(plan.configs, remaining)
-        bar.refresh()
-        state.update(plan=plan.describe(), tail=asdict(plan.tail))
-        if name not in plan.configs:
-            rec.update(status="skipped", note=f"not enough time left ({max(left, 0):.0f} s)")
-            return plan
-        est = estimator(
-            {n: plan.configs[n] for n in remaining if n in plan.configs}, set(_done_keys(plan, name))
-        )
+        rec.update(status="skipped", note=note)
+        return plan
+    remaining = [n for n in EXPERIMENTS[EXPERIMENTS.index(name) :] if n in plan.configs]
+    est = estimator({n: plan.configs[n] for n in remaining}, set(_done_keys(plan, name)))
     cfg = plan.configs[name]
     state["plan_configs"][name] = _cfg_json(cfg)
     rec.update(status="running", estimated_s=round(est.get(name, 0.0), 1))
@@ -1778,6 +2063,117 @@ def _run_one(
     state["seconds"] = round(clock.elapsed(), 1)
     _save_state(out_dir, state)
     return plan
+
+
+def network_check(cfg: AnyConfig, summary: Mapping[str, Any], short: bool = False) -> dict[str, Any]:
+    """How data scaling's networks trained, and whether the network at the largest n is at
+    least as good as kernel regression with its eNTK at init; when not, why (in ``notes``).
+
+    Returns ``{"rule", "n", "planned_steps", "steps", "nn", "entk", "notes"}`` (losses: the
+    mean over repetitions of ``fit.metric`` at n = ``data.n_max``; None when missing).
+    """
+    n, metric = cfg.data.n_max, cfg.fit.metric
+    rule = training_rule(cfg, short)
+    losses = summary.get("test_loss_at_n_max") or {}
+    nn_loss, entk_loss = losses.get("nn"), losses.get("entk")
+    per_n = ((summary.get("training") or {}).get("per_n") or {}).get("nn", {}).get(str(n), {})
+    steps, planned = per_n.get("steps"), cfg.train.total_steps(n)
+    falling = [
+        r
+        for r in (summary.get("training") or {}).get("still_falling", [])
+        if r.get("n") == n and r.get("method") == "nn"
+    ]
+    notes = [f"Training rule: {rule}."]
+    taken = (
+        f"{steps:.0f} of {planned} planned steps on average"
+        if steps is not None
+        else f"{planned} planned steps"
+    )
+    if nn_loss is None or entk_loss is None:
+        notes.append(f"At n = {n} the network or the eNTK at init has no result: no comparison.")
+    elif nn_loss <= entk_loss:
+        notes.append(
+            f"At n = {n} the trained network ({metric} {nn_loss:.4g}, {taken}) is at least as good as kernel "
+            f"regression with its eNTK at init ({entk_loss:.4g})."
+        )
+    else:
+        if short:
+            why = "training was shortened below a useful length to fit the budget; give a larger budget"
+        elif falling:
+            why = (
+                "its training loss was still falling when the planned steps ended (under-trained); give a "
+                "larger budget, or more train.epochs / train.min_steps"
+            )
+        elif steps is not None and steps < planned:
+            why = (
+                "early stopping ended training when the validation loss stopped improving, so more steps "
+                "would not help; the network generalizes worse than its linearization at init here, or its "
+                "learning rate (train.lr) suits it badly"
+            )
+        else:
+            why = (
+                "it trained the planned steps and its training loss had stopped falling; the network "
+                "generalizes worse than its linearization at init here, or its learning rate (train.lr) suits it badly"
+            )
+        notes.append(
+            f"At n = {n} the trained network ({metric} {nn_loss:.4g}, {taken}) is worse than kernel regression "
+            f"with its eNTK at init ({entk_loss:.4g}): {why}."
+        )
+    return {
+        "rule": rule,
+        "n": n,
+        "planned_steps": planned,
+        "steps": steps,
+        "nn": nn_loss,
+        "entk": entk_loss,
+        "notes": notes,
+    }
+
+
+def _adjust(
+    name: str,
+    plan: Plan,
+    state: dict[str, Any],
+    inputs: Inputs,
+    estimator: Estimator,
+    left: float,
+    bar: Any,
+    say: Callable[[str], None],
+) -> Plan:
+    """Re-plan the rest from experiment ``name`` on (:func:`replan`) when it is estimated past
+    ``LATE_SAFETY`` of the ``left`` seconds (running late: it shrinks, experiments may be
+    dropped) or below ``GROW_BELOW`` of them (ahead of time: early stopping, a faster machine
+    than the probe saw; it grows, experiments dropped earlier may come back); else ``plan``."""
+    later = [n for n in EXPERIMENTS[EXPERIMENTS.index(name) :] if n in available_experiments()]
+    current = {n: plan.configs[n] for n in later if n in plan.configs}
+    now = sum(estimator(current).values())
+    late = now > LATE_SAFETY * left
+    if not late and now >= GROW_BELOW * left:
+        return plan
+    new = replan(inputs, plan, estimator, LATE_SAFETY * left, later)
+    after = sum(estimator({n: new.configs[n] for n in later if n in new.configs}).values())
+    if not late and (not new.fits or after <= now):
+        return plan
+    if new.tail == plan.tail and set(new.configs) == set(plan.configs):
+        return plan
+    costs = estimator.costs
+    why = (
+        f"costs x{costs.factor:.2f}, early stopping ends training after {costs.stop_fraction:.0%} of "
+        f"the planned steps, {max(left, 0):.0f} s left"
+    )
+    say(
+        f"running late ({why}): shrank the rest of the plan"
+        if late
+        else f"ahead of time ({why}): grew the rest of the plan"
+    )
+    for n in later:
+        say(f"  {n:<18} {describe_config(new.configs[n]) if n in new.configs else 'dropped'}")
+    for gone in set(plan.configs) - set(new.configs):
+        state["notes"].append(f"{gone}: dropped to stay within the budget.")
+    bar.total = bar.n + _count_units(new.configs, later)
+    bar.refresh()
+    state.update(plan=new.describe(), tail=asdict(new.tail))
+    return new
 
 
 def _done_keys(plan: Plan, name: str) -> list[str]:
