@@ -123,11 +123,11 @@ def test_infinite_kernel_blocks_assemble_to_the_whole_kernel(monkeypatch: pytest
         ],
     )
     ctx = RunContext(cfg, progress=False)
-    units = data_scaling.infinite_units(cfg, 40)
+    units = data_scaling.infinite_units(cfg, 40, 1)
     assert len(units) == 3 + 6  # 3 cross column blocks, 3·4/2 train blocks on/above the diagonal
     results = {u.key: u.function()(ctx, **u.args) for u in units}
-    got = data_scaling.infinite_result(cfg, 40, results)
-    s = ctx.splits
+    got = data_scaling.infinite_result(cfg, 40, 1, results)
+    s = ctx.seed_splits(1)  # the blocks are on repetition 1's own training points
     spec = build_spec(cfg.arch, s.num_outputs)
     xt = torch.tensor(s.x_train[:40], dtype=torch.float64)
     want = spec.kernel_fn(xt, None)
@@ -137,4 +137,4 @@ def test_infinite_kernel_blocks_assemble_to_the_whole_kernel(monkeypatch: pytest
         np.testing.assert_allclose(got[k]["cross"], cross[k].numpy(), rtol=1e-12, atol=1e-14)
         assert np.array_equal(got[k]["train"], got[k]["train"].T)
     del results[units[-1].key]
-    assert data_scaling.infinite_result(cfg, 40, results) is None
+    assert data_scaling.infinite_result(cfg, 40, 1, results) is None

@@ -83,6 +83,13 @@ def test_tiny_width_scaling_run(tmp_path: Path) -> None:
     assert set(summary["test_loss_at_n_max"]) == {"nn@w8", "nn@w16", "entk@w8", "entk@w16", "ntk"}
     assert set(summary["per_width"]) == {"8", "16"}
     assert {"alpha_nn", "alpha_entk", "entk_to_ntk_distance"} <= set(summary["per_width"]["16"])
+    # each width's learning rate chosen on validation from the grid, and used by its networks
+    for w in ("8", "16"):
+        chosen = summary["per_width"][w]["lr"]
+        assert chosen in (0.01, 0.03, 0.1) and len(summary["per_width"][w]["lr_val_loss"]) == 3
+        v = summary["per_width"][w]["lr_val_loss"]
+        assert v[str(chosen)] == min(v.values())
+    assert {"nn@w16-entk@w16", "nn@w16-ntk", "nn@w8-entk@w8", "nn@w8-ntk"} == set(summary["differences"])
     assert summary["probe_widths"] == [512] and summary["n_grid"] == [32, 64, 128]
 
     with open(out / "results.csv") as f:
@@ -102,10 +109,11 @@ def test_defaults_and_section_merge() -> None:
     cfg = load_config(None, ["experiment=width-scaling"])
     assert cfg.widths == [16, 32, 64, 128] and cfg.probe_widths == [256, 512, 1024]
     assert cfg.methods == ["nn", "entk", "ntk"] and cfg.seeds == 2
-    assert (cfg.data.n_max, cfg.data.n_test, cfg.train.steps, cfg.train.batch_size) == (1024, 500, 1500, 32)
+    assert (cfg.data.n_max, cfg.data.n_test, cfg.train.epochs, cfg.train.min_steps) == (1024, 500, 100, 600)
+    assert cfg.train.early_stopping and cfg.lr_grid == [0.01, 0.03, 0.1]
     # naming one key of a section keeps the experiment's other section defaults
     cfg = load_config(None, ["experiment=width-scaling", "data.n_test=100", "train.lr=0.1"])
-    assert (cfg.data.n_max, cfg.data.n_test, cfg.train.steps, cfg.train.lr) == (1024, 100, 1500, 0.1)
+    assert (cfg.data.n_max, cfg.data.n_test, cfg.train.min_steps, cfg.train.lr) == (1024, 100, 600, 0.1)
     # widths are sorted; a probe width that is also a full width is measured once
     cfg = load_config(None, ["experiment=width-scaling", "widths=[64, 16, 64]", "probe_widths=[16, 256]"])
     assert cfg.widths == [16, 64] and cfg.probe_widths == [256]

@@ -32,9 +32,19 @@ U = "ntklab.experiments.units"
 METRICS = ("test_mse", "test_error", "ridge", "jitter")
 
 
-def train_unit(cfg: Any, n: int, seed_index: int, width: int | None = None, steps: int | None = None) -> Unit:
-    """Train the network of repetition ``seed_index`` on n samples."""
+def train_unit(
+    cfg: Any,
+    n: int,
+    seed_index: int,
+    width: int | None = None,
+    steps: int | None = None,
+    lr_from: Unit | None = None,
+) -> Unit:
+    """Train the network of repetition ``seed_index`` on n samples (with the learning rate
+    chosen by unit ``lr_from`` when given)."""
     args = {"n": n, "seed_index": seed_index, "width": width, "steps": steps}
+    if lr_from is not None:
+        args["lr_from"] = lr_from.key
     reads = {
         "seed": cfg.seed,
         "data": data_reads(cfg),
@@ -48,6 +58,7 @@ def train_unit(cfg: Any, n: int, seed_index: int, width: int | None = None, step
         reads,
         version=2,
         label=f"train n={n} seed={seed_index}" + (f" w={width}" if width else ""),
+        after=(lr_from.key,) if lr_from is not None else (),
     )
 
 

@@ -78,18 +78,20 @@ def train_on(
     steps: int | None = None,
     width: int | None = None,
     from_end: bool = False,
+    lr: float | None = None,
 ) -> TrainResult:
     """The network of repetition ``seed_index`` trained on its n training rows
     (:func:`training_rows`) for ``steps`` steps (default: the config's rule), with that
     repetition's init, data subset and batch order. The validation split drives early
-    stopping when ``train.early_stopping`` is set."""
+    stopping when ``train.early_stopping`` is set; ``lr`` replaces ``train.lr``."""
     s, rows = ctx.seed_splits(seed_index), training_rows(n, from_end)
+    cfg = ctx.cfg.train if lr is None else ctx.cfg.train.model_copy(update={"lr": lr})
     return train(
         init_model(ctx, seed_index, width),
         ctx.tensor(s.x_train[rows]),
         ctx.tensor(s.y_train[rows]),
         ctx.tensor(s.labels_train[rows], torch.long),
-        ctx.cfg.train,
+        cfg,
         seed=batch_seed(ctx.cfg, seed_index, n),
         steps=steps,
         val=(ctx.tensor(s.x_val), ctx.tensor(s.y_val), ctx.tensor(s.labels_val, torch.long))
@@ -132,17 +134,37 @@ def network_metrics(
 
 
 def train_network(
-    ctx: Any, n: int, seed_index: int, width: int | None = None, steps: int | None = None
+    ctx: Any,
+    n: int,
+    seed_index: int,
+    width: int | None = None,
+    steps: int | None = None,
+    lr_from: str | None = None,
 ) -> dict[str, Any]:
     """Train the network of repetition ``seed_index`` on its first n samples; test metrics of
-    the kept (best-validation with early stopping) weights and how training went."""
+    the kept (best-validation with early stopping) weights and how training went. With
+    ``lr_from`` (the key of a unit that chose the learning rate on validation) its ``lr``
+    replaces ``train.lr``."""
     t0 = time.perf_counter()
-    res = train_on(ctx, n, seed_index, steps, width)
+    lr = stored(ctx, lr_from)["lr"] if lr_from else None
+    res = train_on(ctx, n, seed_index, steps, width, lr=lr)
     return {
         **network_metrics(ctx, res.model, n, seed_index),
         **train_record(res),
+        **({"lr": lr} if lr is not None else {}),
         "seconds": time.perf_counter() - t0,
     }
+
+
+def stored(ctx: Any, key: str) -> Any:
+    """The stored result of unit ``key``, which the calling unit names in its ``after``
+    (from ``ctx.store``, else the default store)."""
+    from ntklab.run.runner import default_store
+
+    store = getattr(ctx, "store", None) or default_store()
+    if not store.has(key):
+        raise RuntimeError(f"unit {key} is not in the store {store.root}; it must finish first")
+    return store.load(key)
 
 
 def entk_at_init(ctx: Any, n: int, seed_index: int, width: int | None = None) -> dict[str, np.ndarray]:

@@ -43,7 +43,7 @@ from ntklab.experiments.data_scaling import (
     train_unit,
 )
 from ntklab.experiments.tidy import differences, exponents, row
-from ntklab.experiments.units import entk_kernel_fn
+from ntklab.experiments.units import entk_kernel_fn, train_on
 from ntklab.kernels.metrics import kernel_distance, relative_error
 from ntklab.run.units import Unit
 from ntklab.scaling import fit_with_ci
@@ -77,6 +77,44 @@ def entk_probe(ctx: Any, n: int, seed_index: int, width: int | None = None) -> d
     model = init_model(ctx, seed_index, width)
     xt = ctx.tensor(ctx.seed_splits(seed_index).x_train[:n])
     return {"train": entk_kernel_fn(ctx, model)(xt, None).cpu().numpy()}
+
+
+def choose_lr(ctx: Any, n: int, width: int | None, lrs: list[float]) -> dict[str, Any]:
+    """Unit: the learning rate of ``lrs`` whose network (repetition 0, n samples, the config's
+    training rule) reaches the lowest validation loss; ``{"lr", "lrs", "val_loss"}``."""
+    val = []
+    for lr in lrs:
+        res = train_on(ctx, n, 0, width=width, lr=lr)
+        losses = [h["val_loss"] for h in res.val_history if np.isfinite(h["val_loss"])]
+        val.append(min(losses) if losses else float("inf"))
+    return {"lr": float(lrs[int(np.argmin(val))]), "lrs": list(lrs), "val_loss": val}
+
+
+def lr_unit(cfg: WidthScalingConfig, width: int) -> Unit | None:
+    """The unit choosing width ``width``'s learning rate on validation (None without
+    ``lr_grid``): trained on the largest n, where under-training shows most."""
+    if not cfg.lr_grid:
+        return None
+    w = unit_width(cfg, width)
+    args = {"n": cfg.data.n_max, "width": w, "lrs": list(cfg.lr_grid)}
+    reads = {
+        "seed": cfg.seed,
+        "data": data_reads(cfg),
+        "arch": arch_reads(cfg, w),
+        "train": cfg.train.model_dump(mode="json"),
+    }
+    return Unit(
+        "train",
+        "ntklab.experiments.width_scaling:choose_lr",
+        args,
+        reads,
+        label=f"choose lr w={width} from {list(cfg.lr_grid)}",
+    )
+
+
+def network_unit(cfg: WidthScalingConfig, n: int, seed_index: int, width: int) -> Unit:
+    """The network of width ``width`` at n, with its width's chosen learning rate."""
+    return train_unit(cfg, n, seed_index, unit_width(cfg, width), lr_from=lr_unit(cfg, width))
 
 
 def probe_unit(cfg: WidthScalingConfig, seed_index: int, width: int) -> Unit:
@@ -134,12 +172,15 @@ def plan(cfg: WidthScalingConfig) -> list[Unit]:
     for i in range(cfg.seeds):
         units += reference_units(cfg, i)
     for w in cfg.widths:
+        tune = lr_unit(cfg, w) if "nn" in cfg.methods else None
+        if tune is not None:
+            units.append(tune)
         for i in range(cfg.seeds):
             k = init_kernel_unit(cfg, i, w)
             if k is not None:
                 units.append(k)
             if "nn" in cfg.methods:
-                units += [train_unit(cfg, n, i, unit_width(cfg, w)) for n in grid]
+                units += [network_unit(cfg, n, i, w) for n in grid]
     for w in cfg.probe_widths:
         for i in range(cfg.seeds):
             k = init_kernel_unit(cfg, i, w)
@@ -212,7 +253,6 @@ def analyze(cfg: WidthScalingConfig, results: dict[str, Any], ctx: Any) -> tuple
         ]
 
     for w in cfg.widths:
-        uw = unit_width(cfg, w)
         for i in range(cfg.seeds):
             ku = init_kernel_unit(cfg, i, w)
             k = results.get(ku.key) if ku is not None else None
@@ -221,7 +261,7 @@ def analyze(cfg: WidthScalingConfig, results: dict[str, Any], ctx: Any) -> tuple
             rows += distance_rows(k, i, w)
             if "nn" in cfg.methods:
                 for n in grid:
-                    r = results.get(train_unit(cfg, n, i, uw).key)
+                    r = results.get(network_unit(cfg, n, i, w).key)
                     if r is not None:
                         rows += nn_rows(cfg, method("nn", w), r, n, i, w)
     for w in cfg.probe_widths:
@@ -252,6 +292,12 @@ def analyze(cfg: WidthScalingConfig, results: dict[str, Any], ctx: Any) -> tuple
                 entry[f"{base}_test_loss_at_n_max"] = at_max[method(base, w)]
         if str(w) in distances:
             entry[DISTANCE] = distances[str(w)]
+        tune = lr_unit(cfg, w)
+        if tune is not None and tune.key in results:
+            entry["lr"] = results[tune.key]["lr"]
+            entry["lr_val_loss"] = dict(
+                zip(map(str, results[tune.key]["lrs"]), results[tune.key]["val_loss"])
+            )
         per_width[str(w)] = entry
     summary = {
         "exponents": exps,
