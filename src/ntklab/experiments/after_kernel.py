@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ntklab.experiments.common import arch_reads, data_reads
+from ntklab.experiments.common import unit_reads
 from ntklab.experiments.units import entk_kernel_fn, kernel_blocks, network_metrics, train_on
 from ntklab.run.units import Unit
 
@@ -79,13 +79,6 @@ def after_kernel_unit(
     args = {"n0": n0, "n": n, "seed_index": seed_index, "steps": steps, "width": width}
     if disjoint:
         args["disjoint"] = True
-    reads = {
-        "seed": cfg.seed,
-        "data": data_reads(cfg),
-        "arch": arch_reads(cfg, width),
-        "train": cfg.train.model_dump(mode="json"),
-        "mode": cfg.kernel.mode,
-        "output_index": cfg.kernel.output_index,
-    }
+    reads = unit_reads(cfg, width, train=True, kernel=True)
     label = f"after-kernel n0={n0} T={steps} n={n} seed={seed_index}" + (f" w={width}" if width else "")
     return Unit("after-kernel", FN, args, reads, version=2, label=label)

@@ -59,6 +59,19 @@ def arch_reads(cfg: AnyConfig, width: int | None = None) -> dict[str, Any]:
     return arch
 
 
+def unit_reads(
+    cfg: AnyConfig, width: int | None = None, *, train: bool = False, kernel: bool = False
+) -> dict[str, Any]:
+    """The config values a unit depends on: the seed, the data and the architecture (``width``
+    overridden), with ``train`` the training config and with ``kernel`` the eNTK's mode."""
+    reads: dict[str, Any] = {"seed": cfg.seed, "data": data_reads(cfg), "arch": arch_reads(cfg, width)}
+    if train:
+        reads["train"] = cfg.train.model_dump(mode="json")
+    if kernel:
+        reads |= {"mode": cfg.kernel.mode, "output_index": cfg.kernel.output_index}
+    return reads
+
+
 def file_digest(path: str) -> str | None:
     """SHA-256 of a file's bytes (None when it does not exist)."""
     p = Path(path)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ntklab.config import DataScalingConfig
-from ntklab.experiments.common import arch_label, arch_reads, data_reads, regress_grid
+from ntklab.experiments.common import arch_label, arch_reads, data_reads, regress_grid, unit_reads
 from ntklab.experiments.tidy import mean_loss_at, row, rows_from, scaling_summary, training_summary
 from ntklab.run.units import Unit
 
@@ -45,17 +45,11 @@ def train_unit(
     args = {"n": n, "seed_index": seed_index, "width": width, "steps": steps}
     if lr_from is not None:
         args["lr_from"] = lr_from.key
-    reads = {
-        "seed": cfg.seed,
-        "data": data_reads(cfg),
-        "arch": arch_reads(cfg, width),
-        "train": cfg.train.model_dump(mode="json"),
-    }
     return Unit(
         "train",
         f"{U}:train_network",
         args,
-        reads,
+        unit_reads(cfg, width, train=True),
         version=2,
         label=f"train n={n} seed={seed_index}" + (f" w={width}" if width else ""),
         after=(lr_from.key,) if lr_from is not None else (),
@@ -65,18 +59,11 @@ def train_unit(
 def entk_unit(cfg: Any, n: int, seed_index: int, width: int | None = None) -> Unit:
     """eNTK at init of repetition ``seed_index`` on the first n training points."""
     args = {"n": n, "seed_index": seed_index, "width": width}
-    reads = {
-        "seed": cfg.seed,
-        "data": data_reads(cfg),
-        "arch": arch_reads(cfg, width),
-        "mode": cfg.kernel.mode,
-        "output_index": cfg.kernel.output_index,
-    }
     return Unit(
         "entk",
         f"{U}:entk_at_init",
         args,
-        reads,
+        unit_reads(cfg, width, kernel=True),
         version=2,
         label=f"eNTK n={n} seed={seed_index}" + (f" w={width}" if width else ""),
     )

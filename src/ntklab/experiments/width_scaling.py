@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ntklab.config import WidthScalingConfig
-from ntklab.experiments.common import arch_label, arch_reads, data_reads, init_model
+from ntklab.experiments.common import arch_label, init_model, unit_reads
 from ntklab.experiments.data_scaling import (
     common_summary,
     entk_unit,
@@ -97,17 +97,11 @@ def lr_unit(cfg: WidthScalingConfig, width: int) -> Unit | None:
         return None
     w = unit_width(cfg, width)
     args = {"n": cfg.data.n_max, "width": w, "lrs": list(cfg.lr_grid)}
-    reads = {
-        "seed": cfg.seed,
-        "data": data_reads(cfg),
-        "arch": arch_reads(cfg, w),
-        "train": cfg.train.model_dump(mode="json"),
-    }
     return Unit(
         "train",
         "ntklab.experiments.width_scaling:choose_lr",
         args,
-        reads,
+        unit_reads(cfg, w, train=True),
         label=f"choose lr w={width} from {list(cfg.lr_grid)}",
     )
 
@@ -121,18 +115,11 @@ def probe_unit(cfg: WidthScalingConfig, seed_index: int, width: int) -> Unit:
     """eNTK at init on the probe set only, for widths without a full eNTK unit."""
     w = unit_width(cfg, width)
     args = {"n": cfg.probe_size, "seed_index": seed_index, "width": w}
-    reads = {
-        "seed": cfg.seed,
-        "data": data_reads(cfg),
-        "arch": arch_reads(cfg, w),
-        "mode": cfg.kernel.mode,
-        "output_index": cfg.kernel.output_index,
-    }
     return Unit(
         "entk",
         "ntklab.experiments.width_scaling:entk_probe",
         args,
-        reads,
+        unit_reads(cfg, w, kernel=True),
         version=2,
         label=f"eNTK probe n={cfg.probe_size} seed={seed_index} w={width}",
     )
