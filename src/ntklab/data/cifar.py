@@ -27,7 +27,7 @@ import struct
 import tarfile
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -341,6 +341,7 @@ def read_cifar10(
 
 _PART_RE = re.compile(r"part(\d+)\.npz")
 _NPZ_ERRORS = (zipfile.BadZipFile, OSError, EOFError, zlib.error, ValueError, KeyError)
+TAKE_CHUNK_BYTES = 64 * 2**20  # a compressed part is decompressed this many bytes of rows at a time
 
 
 def _npy_header(f: Any, label: str) -> tuple[tuple[int, ...], np.dtype, int]:
@@ -398,12 +399,61 @@ class _Npz:
                 y = self._read(zf, "Y", start, stop)
         except _NPZ_ERRORS:
             raise DataError(f"CIFAR-5m file {self.file} is truncated or corrupt.") from None
+        return x.transpose(0, 3, 1, 2), self._checked(y)
+
+    def labels(self, stop: int) -> np.ndarray:
+        """Y[:stop] as int64 (the labels alone: a few MB for a part of a million images)."""
+        try:
+            with zipfile.ZipFile(self.file) as zf:
+                y = self._read(zf, "Y", 0, stop)
+        except _NPZ_ERRORS:
+            raise DataError(f"CIFAR-5m file {self.file} is truncated or corrupt.") from None
+        return self._checked(y)
+
+    def take(self, idx: np.ndarray) -> np.ndarray:
+        """X[idx] (as NCHW uint8) for sorted row indices ``idx``: a stored member is read at those
+        rows only, a compressed one is decompressed in chunks up to the last of them."""
+        try:
+            with zipfile.ZipFile(self.file) as zf:
+                x = self._take(zf, "X", idx)
+        except _NPZ_ERRORS:
+            raise DataError(f"CIFAR-5m file {self.file} is truncated or corrupt.") from None
+        return x.transpose(0, 3, 1, 2)
+
+    def _checked(self, y: np.ndarray) -> np.ndarray:
         y = y.astype(np.int64)
         if len(y) and (y.min() < 0 or y.max() > 9):
             raise DataError(
                 f"CIFAR-5m file {self.file} has labels in {y.min()}..{y.max()}; expected labels in 0..9."
             )
-        return x.transpose(0, 3, 1, 2), y
+        return y
+
+    def _take(self, zf: zipfile.ZipFile, key: str, idx: np.ndarray) -> np.ndarray:
+        info = zf.getinfo(f"{key}.npy")
+        with zf.open(info) as f:
+            shape, dtype, offset = _npy_header(f, f"{key} in {self.file}")
+            out = np.empty((len(idx), *shape[1:]), dtype=dtype)
+            if len(idx) == 0:
+                return out
+            if info.compress_type == zipfile.ZIP_STORED:
+                data_start = _stored_data_start(self.file, info) + offset
+                array = np.memmap(self.file, dtype, mode="r", offset=data_start, shape=shape)
+                out[:] = array[idx]
+                return out
+            row_bytes = math.prod(shape[1:]) * dtype.itemsize
+            chunk = max(1, TAKE_CHUNK_BYTES // row_bytes)
+            f.seek(offset)
+            done = 0
+            for start in range(0, int(idx[-1]) + 1, chunk):
+                stop = min(start + chunk, int(idx[-1]) + 1)
+                buf = f.read((stop - start) * row_bytes)
+                if len(buf) != (stop - start) * row_bytes:
+                    raise EOFError
+                rows = np.frombuffer(buf, dtype=dtype).reshape((stop - start, *shape[1:]))
+                hit = idx[done : np.searchsorted(idx, stop)]
+                out[done : done + len(hit)] = rows[hit - start]
+                done += len(hit)
+        return out
 
     def _read(self, zf: zipfile.ZipFile, key: str, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` of one member: memory-mapped if stored, else streamed."""
@@ -457,7 +507,10 @@ def _cifar5m_parts(folder: Path) -> list[Path]:
 
 
 def read_cifar5m(
-    path: str | os.PathLike[str], n_train: int | None = None, n_test: int = 10000
+    path: str | os.PathLike[str],
+    n_train: int | None = None,
+    n_test: int = 10000,
+    classes: Sequence[int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Read CIFAR-5m from its ``part*.npz`` files.
 
@@ -465,6 +518,11 @@ def read_cifar5m(
     other image, parts in order (so the two never overlap, and the test set does not move when
     ``n_train`` changes). Only the parts needed for ``n_train`` are opened, plus the last part
     for the test set, and from each only the needed rows are read.
+
+    With ``classes``, the training pool is the images whose label is one of ``classes``, in
+    the same order, and ``n_train`` counts those: parts are streamed one by one (first their
+    labels, a few MB, then only the rows of the chosen classes) until ``n_train`` of them are
+    found, so a class subset of the 6-million-image set reads no more parts than it needs.
 
     Parameters
     ----------
@@ -474,7 +532,9 @@ def read_cifar5m(
         Number of training images to read (fewer if the pool is smaller: the caller checks);
         None reads the whole pool, which for the full dataset is about 15 GB of uint8.
     n_test : int
-        Number of test images, at most the size of the last part.
+        Number of test images, at most the size of the last part (never filtered by class).
+    classes : sequence of int, optional
+        Labels to keep in the training pool (None: all).
 
     Returns
     -------
@@ -498,6 +558,7 @@ def read_cifar5m(
             "(the test set is the tail of the last part)."
         )
     x_test, y_test = last.rows(len(last) - n_test, len(last))
+    wanted = None if classes is None else np.asarray(sorted(set(int(c) for c in classes)), dtype=np.int64)
 
     xs, ys = [], []
     have = 0
@@ -506,10 +567,17 @@ def read_cifar5m(
             break
         part = last if i == len(files) - 1 else _Npz(file)
         stop = len(part) - n_test if part is last else len(part)
-        if n_train is not None:
-            stop = min(stop, n_train - have)
-        x, y = part.rows(0, stop)
+        if wanted is None:
+            if n_train is not None:
+                stop = min(stop, n_train - have)
+            x, y = part.rows(0, stop)
+        else:
+            y = part.labels(stop)
+            idx = np.flatnonzero(np.isin(y, wanted))
+            if n_train is not None:
+                idx = idx[: n_train - have]
+            x, y = part.take(idx), y[idx]
         xs.append(x)
         ys.append(y)
-        have += stop
+        have += len(y)
     return np.concatenate(xs), np.concatenate(ys), x_test, y_test

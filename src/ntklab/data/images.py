@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import operator
 import os
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -124,7 +125,12 @@ def load_cifar10(path: PathLike, n_train: int | None = None) -> RawDataset:
     return _assemble("cifar10", path, (x_train, y_train, x_test, y_test), n, names)
 
 
-def load_cifar5m(path: PathLike, n_train: int | None = None, n_test: int = 10000) -> RawDataset:
+def load_cifar5m(
+    path: PathLike,
+    n_train: int | None = None,
+    n_test: int = 10000,
+    classes: Sequence[int] | None = None,
+) -> RawDataset:
     """Load CIFAR-5m from its ``part*.npz`` files.
 
     Parameters
@@ -139,6 +145,9 @@ def load_cifar5m(path: PathLike, n_train: int | None = None, n_test: int = 10000
         Number of test images. **Choice:** the test set is the last ``n_test`` images of the last
         part, and the training pool excludes them, so train and test never overlap and the test
         set is the same whatever ``n_train``.
+    classes : sequence of int, optional
+        Keep only training images with these labels; ``n_train`` then counts them, and parts
+        are streamed only until that many are found (the test set is not filtered here).
 
     Returns
     -------
@@ -156,8 +165,9 @@ def load_cifar5m(path: PathLike, n_train: int | None = None, n_test: int = 10000
     n_te = _positive_count(n_test, "n_test")
     if n_te is None:
         raise ConfigError("n_test must be a positive integer; got None.")
-    arrays = read_cifar5m(path, n, n_te)
-    return _assemble("cifar5m", path, arrays, n, CIFAR10_CLASS_NAMES)
+    arrays = read_cifar5m(path, n, n_te, classes)
+    where = path if classes is None else f"{path} (classes {sorted(set(classes))})"
+    return _assemble("cifar5m", where, arrays, n, CIFAR10_CLASS_NAMES)
 
 
 def load_svhn(path: PathLike, n_train: int | None = None) -> RawDataset:
