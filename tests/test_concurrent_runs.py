@@ -9,18 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-SWEEP = [
-    "data.num_samples=600",
-    "data.n_min=32",
-    "data.n_max=64",
-    "data.n_val=16",
-    "data.n_test=50",
-    "seeds=2",
-    "train.steps=150",
-    "arch.width=8",
-    "fit.bootstrap=20",
-    "device='cpu'",
-]
+from tiny import tiny_sweep
+
+SWEEP = tiny_sweep(seeds=2, steps=150)
 TOTAL = 6  # 2 seeds x (2 trainings + 1 eNTK)
 
 

@@ -12,19 +12,9 @@ from pathlib import Path
 import pytest
 
 from ntklab.cli import main
+from tiny import tiny_sweep
 
-TINY = [
-    "data.num_samples=600",
-    "data.n_min=32",
-    "data.n_max=64",
-    "data.n_val=16",
-    "data.n_test=50",
-    "seeds=2",
-    "train.steps=20",
-    "arch.width=8",
-    "fit.bootstrap=20",
-    "device='cpu'",
-]
+TINY = tiny_sweep(seeds=2, steps=20)
 TOTAL = 6  # 2 seeds x (2 trainings + 1 eNTK)
 
 

@@ -27,19 +27,9 @@ from ntklab.experiments import data_scaling
 from ntklab.run.executors import LocalExecutor
 from ntklab.run.store import MAGIC, CorruptEntryError, Store, decode, encode
 from ntklab.run.units import Unit
+from tiny import tiny_sweep
 
-TINY = [
-    "data.num_samples=600",
-    "data.n_min=32",
-    "data.n_max=64",
-    "data.n_val=16",
-    "data.n_test=50",
-    "seeds=1",
-    "train.steps=20",
-    "arch.width=8",
-    "fit.bootstrap=20",
-    "device='cpu'",
-]
+TINY = tiny_sweep(seeds=1, steps=20)
 
 
 class RunsCommand:
