@@ -41,8 +41,14 @@ Kernel motion
 
 Verdict (``evolution.verdict``), from the seed means of Θ, ω̄₁, ω̄₂:
 
-* ``"barely-moves"`` (lazy regime) when Θ < ``LAZY_ANGLE`` = 0.1 rad: the normalized kernel
-  changes by ‖K̂_T − K̂_0‖_F = 2 sin(Θ/2) < 10 % over all of training (S < 0.005);
+* ``"barely-moves"`` (lazy regime) when Θ < ``LAZY_ANGLE`` = 0.05 rad: the normalized kernel
+  changes by ‖K̂_T − K̂_0‖_F = 2 sin(Θ/2) < 5 % over all of training (S < 0.00125). The raw
+  eNTK is dominated by its top direction (effective rank ≈ 1.4 at init on MNIST-1D), so
+  angles are small even when regression with K_t changes a lot. Measured on MNIST-1D: a
+  one-hidden-layer MLP of width 4096 with Adam turns 0.009 rad at lr 0.001 (4000 steps; its
+  K_t regression loss does not change) and about 0.03 rad even at lr 0.03 (1000 steps), while
+  the default cnn1d (width 32), whose K_t regression loss falls 2.4× during training, turns
+  0.15 rad — three times the threshold;
 * else ``"keeps-moving"`` when ω̄₂ / ω̄₁ ≥ ``KEEPS_MOVING`` = 0.1: the kernel turns at least a
   tenth as fast in the second half of training as in the first. With a cosine schedule the
   second half has 0.22 of the first half's summed learning rate, so a kernel that moves in step
@@ -88,7 +94,7 @@ from ntklab.train import steps_to_epochs
 NAME = "kernel-evolution"
 U = "ntklab.experiments.evolution_units"
 UNIT_VERSION = 2  # 2: each repetition trains on its own draw of the training pool
-LAZY_ANGLE = 0.1  # rad: total angle below this reads "barely-moves"
+LAZY_ANGLE = 0.05  # rad: total angle below this reads "barely-moves"
 KEEPS_MOVING = 0.1  # second-half over first-half angular speed at or above this: "keeps-moving"
 DECADE_TURN = 0.5  # last decade's angle at least this fraction of the largest: "still turning"
 VERDICTS = ("barely-moves", "settles", "keeps-moving")
@@ -335,14 +341,12 @@ def seed_series(
     probes = {t: probe_kernel(kernels[t]["blocks"], len(s.x_val), ev.probe_train) for t in steps}
     y_probe = s.y_train[: ev.probe_train]
     grid = [t for t in grid_steps(cfg) if t in probes]
-    grid_epochs = [_epoch(cfg, t) for t in grid]
-    motion = grid_motion([probes[t] for t in grid], grid_epochs)
-    every_other = grid[::2] if len(grid) % 2 == 1 and len(grid) >= 5 else []
-    half = (
-        grid_motion([probes[t] for t in every_other], [_epoch(cfg, t) for t in every_other])
-        if every_other
-        else {}
-    )
+
+    def motion_on(ts: list[int]) -> dict[str, Any]:
+        return grid_motion([probes[t] for t in ts], [_epoch(cfg, t) for t in ts])
+
+    # every second grid checkpoint (an even number of intervals keeps both ends)
+    half = motion_on(grid[::2]) if len(grid) % 2 == 1 and len(grid) >= 5 else {}
     kt_ns = kt_grid(cfg)
     per: list[dict[str, Any]] = []
     for t in steps:
@@ -368,8 +372,7 @@ def seed_series(
         "epochs": epochs,
         "metrics": per,
         "grid": grid,
-        "grid_epochs": grid_epochs,
-        "motion": motion,
+        "motion": motion_on(grid),
         "half_resolution": half,
         "decades": decade_angles(probes, decade_points(cfg)),
         "milestones": milestone_report(cfg, probes),
