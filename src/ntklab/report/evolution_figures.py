@@ -56,14 +56,14 @@ def series(rows: list[dict[str, Any]], metric: str, n: int | None = None) -> Ser
 
 def interval_series(rows: list[dict[str, Any]], summary: dict[str, Any]) -> Series:
     """seed -> (midpoints in epochs, ω) of the grid intervals (a row sits at its interval's start)."""
-    cp = summary.get("checkpoints", {})
-    grid = cp.get("grid_steps", [])
+    grid = summary.get("checkpoints", {}).get("grid_steps", [])
     epochs = epoch_map(rows)
     out: Series = {}
     for seed, (_, omega) in series(rows, "angular_velocity").items():
         steps = sorted(r["step"] for r in rows if r["metric"] == "angular_velocity" and r["seed"] == seed)
-        ends = [next((g for g in grid if g > s), s) for s in steps]
-        mids = [(epochs[(seed, s)] + epochs.get((seed, e), np.nan)) / 2 for s, e in zip(steps, ends)]
+        done = [g for g in grid if (seed, g) in epochs]  # the grid checkpoints this seed has
+        ends = [next((g for g in done if g > s), s) for s in steps]
+        mids = [(epochs[(seed, s)] + epochs[(seed, e)]) / 2 for s, e in zip(steps, ends)]
         out[seed] = (np.array(mids), omega)
     return out
 
