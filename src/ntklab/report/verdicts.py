@@ -438,9 +438,9 @@ def _evolution_network(ev: dict[str, Any]) -> Verdict | None:
     text = (
         f"The network trains {ev.get('steps', '?')} steps ({fmt_num(ev.get('final_epoch'))} epochs) on "
         f"n = {ev.get('n', '?')} points to train MSE {fmt_num(ev.get('nn_train_loss_final'))}, test MSE "
-        f"{fmt_num(nn)} (error {fmt_pct(ev.get('nn_test_error_final'))}); kernel regression with its eNTK at "
-        f"init on n = {ev.get('regress_n', '?')} reaches test MSE {fmt_num(k0)} (error "
-        f"{fmt_pct(ev.get('kt_regression_test_error_init'))})"
+        f"{fmt_num(nn)} (0-1 error {fmt_num(ev.get('nn_test_error_final'))}); kernel regression with its eNTK "
+        f"at init on n = {ev.get('regress_n', '?')} reaches test MSE {fmt_num(k0)} (0-1 error "
+        f"{fmt_num(ev.get('kt_regression_test_error_init'))})"
     )
     if nn <= k0:
         return Verdict("network vs its linearization", f"{text}.", "info")
