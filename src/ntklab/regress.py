@@ -2,7 +2,7 @@
 
 f̂(x) = K(x, X) (K(X, X) + λ·(tr K / n)·I)⁻¹ Y   (docs/design.md)
 
-Two exact solvers serve a grid of ridges λ:
+Three solvers serve a grid of ridges λ:
 
 * ``eigh``: K = V diag(s) Vᵀ once (≈ 10·n³ flops here), then every λ costs a product:
   f̂ = K(x, X) V diag(1 / (s + λ')) Vᵀ Y with λ' = λ·tr K / n. Ridgeless (λ = 0) adds the
@@ -10,18 +10,42 @@ Two exact solvers serve a grid of ridges λ:
 * ``cholesky``: one factorization per λ (n³/3 flops each), cheaper for short ridge grids.
   Ridgeless tries λ' = 0 and, if K is not positive definite in floating point, the smallest
   jitter of the ladder n·ε·(tr K / n)·100^k, k = 0, 1, ..., that factorizes.
+* ``iterative``: preconditioned conjugate gradients (:mod:`ntklab.pcg`): every ridge of the
+  grid in one batched iteration that reads K once per step, in row blocks when K is a memmap
+  (any float dtype, accumulated in float64), with a rank-r Nyström preconditioner from
+  randomly pivoted Cholesky; no n×n copy is made. Predictions agree with the exact solve to
+  about ``tol``·rms(y) (the stopping rule in :mod:`ntklab.pcg`). Ridgeless tries λ' = 0 like
+  ``cholesky``. A ridge that does not converge in ``maxiter`` iterations is said so (a
+  warning) and solved densely if the dense solve fits the memory budget; otherwise λ = 0
+  climbs the jitter ladder of ``cholesky`` until PCG converges, and another λ gets NaN
+  predictions, which :meth:`KernelRegressor.select` skips.
 
-``auto`` picks the cheaper one for the number of ridges. The jitter used is ``jitter_``.
+``auto`` picks ``iterative`` when the dense solve's memory (8·n² bytes for a float64 copy of K
+and as much for the factor; three times for ``eigh``) exceeds ``memory_budget_mb``, or when n
+is at least ``ITERATIVE_MIN_N``, where PCG was measured faster (benchmarks/krr_solvers.py);
+else the cheaper dense solver for the number of ridges. The jitter used is ``jitter_``.
 """
 
 from __future__ import annotations
 
+import time
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import scipy.linalg
 
+from ntklab import pcg
+
 EIGH_COST = 30.0  # eigh costs about this many Cholesky factorizations (measured on 2 cores)
+DEFAULT_BUDGET_MB = 2048  # kernel.memory_budget_mb's default
+ITERATIVE_MIN_N = 8192  # from here PCG beat the dense solve on the 8-ridge grid (benchmark)
+SOLVERS = ("auto", "eigh", "cholesky", "iterative")
+
+
+def dense_bytes(n: int, solver: str = "cholesky") -> int:
+    """Memory of a dense solve: K in float64 and its factor (and eigenvectors for ``eigh``)."""
+    return 8 * n * n * (3 if solver == "eigh" else 2)
 
 
 class KernelRegressor:
@@ -31,38 +55,76 @@ class KernelRegressor:
     ----------
     ridges : sequence of float
         Candidate λ (relative to tr K / n); :meth:`select` picks one on validation data.
-    solver : {"auto", "eigh", "cholesky"}
+    solver : {"auto", "eigh", "cholesky", "iterative"}
+    memory_budget_mb : int, optional
+        Memory for the solve (``kernel.memory_budget_mb``; default 2048): decides ``auto`` and
+        whether an unconverged iterative solve may fall back to the dense one.
+    tol, rank, maxiter, seed :
+        The iterative solver's tolerance (predictions within about ``tol``·rms(y) of the exact
+        ones), preconditioner rank (default: ``pcg.RANK`` capped by n/4 and the budget),
+        iteration cap and pivot-sampling seed.
 
     Attributes
     ----------
+    solver_ : str, the solver used (``auto`` resolved by :meth:`fit`)
     scale_ : float, tr K / n
     jitter_ : float, the shift added for λ = 0 (0 when K is well conditioned)
     ridge_ : float, the λ chosen by :meth:`select` (else the first)
     eigvals_ (n,), eigvecs_ (n, n) : float64, with the ``eigh`` solver
+    iterations_, residuals_ : dict λ -> PCG iterations and true relative residual ‖Y − Aα‖/‖Y‖
+        (the largest over outputs), with the ``iterative`` solver
+    info_ : dict, the iterative solve's preconditioner rank and timings
     """
 
-    def __init__(self, ridges: Sequence[float] = (0.0,), solver: str = "auto") -> None:
+    def __init__(
+        self,
+        ridges: Sequence[float] = (0.0,),
+        solver: str = "auto",
+        memory_budget_mb: float | None = None,
+        *,
+        tol: float = pcg.TOL,
+        rank: int | None = None,
+        maxiter: int = pcg.MAXITER,
+        seed: int = 0,
+    ) -> None:
         self.ridges = tuple(float(r) for r in ridges)
-        if solver == "auto":
-            solver = "eigh" if len(self.ridges) > EIGH_COST else "cholesky"
-        if solver not in ("eigh", "cholesky"):
-            raise ValueError(f"solver must be 'auto', 'eigh' or 'cholesky'; got {solver!r}")
+        if solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {', '.join(map(repr, SOLVERS))}; got {solver!r}")
         self.solver = solver
+        self.budget_bytes = float(memory_budget_mb or DEFAULT_BUDGET_MB) * 2**20
+        self.tol, self.rank, self.maxiter, self.seed = float(tol), rank, int(maxiter), int(seed)
+
+    def choose(self, n: int) -> str:
+        """The solver :meth:`fit` uses for n training points."""
+        if self.solver != "auto":
+            return self.solver
+        dense = "eigh" if len(self.ridges) > EIGH_COST else "cholesky"
+        if dense_bytes(n, dense) > self.budget_bytes or n >= ITERATIVE_MIN_N:
+            return "iterative"
+        return dense
 
     def fit(self, k_train: np.ndarray, y: np.ndarray) -> KernelRegressor:
-        """Prepare the solve for K(X, X) (n, n) and targets ``y`` (n, K). K is not modified."""
-        self.k_ = np.asarray(k_train, dtype=np.float64)
+        """Prepare the solve for K(X, X) (n, n) and targets ``y`` (n, K). K is not modified.
+
+        K may be a memmap; the iterative solver reads it in row blocks without a copy.
+        """
+        n = k_train.shape[0]
+        self.solver_ = self.choose(n)
         self.y_ = np.asarray(y, dtype=np.float64)
-        n = self.k_.shape[0]
-        self.scale_ = float(np.trace(self.k_)) / n
         self.jitter_ = 0.0
         self._duals: dict[float, np.ndarray] = {}
-        if self.solver == "eigh":
+        self.ridge_ = self.ridges[0]
+        self._k_in = k_train
+        if self.solver_ == "iterative":
+            self._fit_iterative()
+            return self
+        self.k_ = np.asarray(k_train, dtype=np.float64)
+        self.scale_ = float(np.trace(self.k_)) / n
+        if self.solver_ == "eigh":
             s, v = scipy.linalg.eigh(self.k_, driver="evr")
             self.eigvals_, self.eigvecs_ = s, v
             self.vty_ = v.T @ self.y_
             self.jitter_ = max(0.0, n * np.finfo(np.float64).eps * max(s.max(), 0.0) - s.min())
-        self.ridge_ = self.ridges[0]
         return self
 
     def _shift(self, ridge: float) -> float:
@@ -72,7 +134,10 @@ class KernelRegressor:
         """Dual coefficients (n, K) = (K + λ'I)⁻¹ Y, cached per λ."""
         if ridge in self._duals:
             return self._duals[ridge]
-        if self.solver == "eigh":
+        if self.solver_ == "iterative":
+            self._solve_iterative([ridge])
+            return self._duals[ridge]
+        if self.solver_ == "eigh":
             d = self.eigvecs_ @ (self.vty_ / (self.eigvals_ + self._shift(ridge))[:, None])
         else:
             d = self._cholesky_solve(ridge)
@@ -97,16 +162,112 @@ class KernelRegressor:
             return scipy.linalg.cho_solve(c, self.y_, check_finite=False)
         raise np.linalg.LinAlgError("kernel matrix is not positive semi-definite even with jitter")
 
+    # ------------------------------------------------------------------ iterative solver
+
+    def _fit_iterative(self) -> None:
+        n, c = self.y_.shape[0], self.y_.shape[1]
+        t0 = time.perf_counter()
+        self.op_ = pcg.KernelOperator(self._k_in)
+        self.scale_ = self.op_.trace / n
+        grid = list(dict.fromkeys(self.ridges))
+        rank = self.rank
+        if rank is None:
+            rank = pcg.preconditioner_rank(n, c * len(grid), self.budget_bytes)
+        self.precond_ = pcg.Nystrom.from_factor(pcg.rpcholesky(self.op_, rank, self.seed))
+        self.iterations_: dict[float, int] = {}
+        self.residuals_: dict[float, float] = {}
+        self.info_ = {"rank": self.precond_.rank, "precond_s": time.perf_counter() - t0}
+        self._solve_iterative(grid)
+        self.info_.update(total_s=time.perf_counter() - t0, passes=self.op_.passes)
+
+    def _tolerances(self, y: np.ndarray) -> np.ndarray:
+        """Per column: the A-norm error allowed by the stopping rule, tol·rms(y)/√(tr K / n)."""
+        return self.tol * np.sqrt((y**2).mean(0)) / np.sqrt(max(self.scale_, 1e-300))
+
+    def _solve_iterative(self, ridges: list[float]) -> None:
+        c = self.y_.shape[1]
+        y = np.tile(self.y_, len(ridges))
+        mu = np.repeat([r * self.scale_ for r in ridges], c)
+        res = pcg.pcg(self.op_, y, mu, self.precond_, self._tolerances(y), self.maxiter)
+        for i, r in enumerate(ridges):
+            sl = slice(i * c, (i + 1) * c)
+            self.iterations_[r] = int(res.iterations[sl].max())
+            self.residuals_[r] = float(res.residual[sl].max())
+            if res.converged[sl].all():
+                self._duals[r] = res.x[:, sl]
+            else:
+                self._duals[r] = self._rescue(r, res.x[:, sl], self.residuals_[r])
+
+    def _rescue(self, ridge: float, x: np.ndarray, residual: float) -> np.ndarray:
+        """A ridge whose PCG did not converge: dense if it fits, else the jitter ladder (λ = 0)
+        or NaN; never the unconverged iterate."""
+        n = len(x)
+        what = (
+            f"the iterative kernel regression for ridge {ridge:g} did not converge in "
+            f"{self.maxiter} iterations (relative residual {residual:.1e})"
+        )
+        if dense_bytes(n) <= self.budget_bytes:
+            warnings.warn(f"{what}; solving it densely instead.", RuntimeWarning, stacklevel=4)
+            if not hasattr(self, "k_"):
+                self.k_ = np.asarray(self._k_in, dtype=np.float64)
+            return self._cholesky_solve(ridge)
+        if ridge == 0:
+            base = n * np.finfo(np.float64).eps * max(self.scale_, 1e-300)
+            y = self.y_
+            for k in range(0, 9):
+                shift = base * 100.0**k
+                mu = np.full(y.shape[1], shift)
+                res = pcg.pcg(self.op_, y, mu, self.precond_, self._tolerances(y), self.maxiter, x0=x)
+                x = res.x
+                if res.converged.all():
+                    self.jitter_ = shift
+                    self.iterations_[ridge] += int(res.iterations.max())
+                    self.residuals_[ridge] = float(res.residual.max())
+                    warnings.warn(
+                        f"{what}; ridgeless uses the jitter {shift:.3g} instead (jitter_).",
+                        RuntimeWarning,
+                        stacklevel=4,
+                    )
+                    return x
+        warnings.warn(
+            f"{what}, and a dense solve ({dense_bytes(n) / 2**20:.0f} MB) exceeds the memory "
+            f"budget ({self.budget_bytes / 2**20:.0f} MB): its predictions are NaN and select() "
+            "skips it.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return np.full_like(x, np.nan)
+
+    # ------------------------------------------------------------------ predictions
+
     def predict(self, k_cross: np.ndarray, ridge: float | None = None) -> np.ndarray:
         """Predictions (m, K) from K(x, X) (m, n)."""
-        return np.asarray(k_cross, dtype=np.float64) @ self.dual(self.ridge_ if ridge is None else ridge)
+        return rows_matmul(k_cross, self.dual(self.ridge_ if ridge is None else ridge))
 
     def select(self, k_val: np.ndarray, y_val: np.ndarray) -> float:
         """Choose λ from ``ridges`` with the lowest validation MSE; sets and returns ``ridge_``."""
         if len(self.ridges) > 1 and len(y_val) > 0:
-            losses = [mse(self.predict(k_val, r), np.asarray(y_val, np.float64)) for r in self.ridges]
+            c = self.y_.shape[1]
+            pred = rows_matmul(k_val, np.concatenate([self.dual(r) for r in self.ridges], axis=1))
+            y = np.asarray(y_val, np.float64)
+            losses = [mse(pred[:, i * c : (i + 1) * c], y) for i in range(len(self.ridges))]
+            if np.all(np.isnan(losses)):
+                raise np.linalg.LinAlgError("no ridge of the grid could be solved (see the warnings)")
             self.ridge_ = self.ridges[int(np.nanargmin(losses))]
         return self.ridge_
+
+
+def rows_matmul(k: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """``k @ d`` in float64; a memmap or non-float64 ``k`` is read in row blocks (no full copy)."""
+    if not isinstance(k, np.ndarray):
+        k = np.asarray(k, dtype=np.float64)
+    if k.dtype == np.float64 and not isinstance(k, np.memmap):
+        return k @ d
+    rows = max(1, pcg.ROW_BLOCK_BYTES // (8 * max(k.shape[1], 1)))
+    out = np.empty((k.shape[0], d.shape[1]))
+    for i in range(0, k.shape[0], rows):
+        out[i : i + rows] = np.asarray(k[i : i + rows], dtype=np.float64) @ d
+    return out
 
 
 def mse(pred: np.ndarray, y: np.ndarray) -> float:
