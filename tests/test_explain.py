@@ -22,6 +22,7 @@ from ntklab.explain import (
     N_USEFUL,
     PARTIAL,
     SHORT_RULES,
+    STOP_PRIOR,
     TRAIN_RULES,
     Calibration,
     CostModel,
@@ -385,9 +386,9 @@ def test_calibration_and_early_stopping_fraction() -> None:
     assert fast.factor == MIN_FACTOR  # faster than estimated: the plan may grow, by at most 1 / MIN_FACTOR
     fast.add(100.0, 150.0)
     assert fast.factor == pytest.approx(0.8)
-    assert cal.stop_fraction == 1.0
+    assert cal.stop_fraction == STOP_PRIOR  # until measured
     cal.add_training(1000, 300)
-    assert cal.stop_fraction == 1.0  # one run says little
+    assert cal.stop_fraction == STOP_PRIOR  # one run says little
     cal.add_training(1000, 500)
     assert cal.stop_fraction == pytest.approx(0.4)
 
@@ -426,6 +427,33 @@ def test_plans_train_by_the_rule_with_early_stopping() -> None:
             )
     assert rules.index(SHORT_RULES[0]) > max(i for i, r in enumerate(rules) if r == TRAIN_RULES[-1])
     assert all(h.short == ((h.epochs, h.min_steps) in SHORT_RULES) for h in heads)
+
+
+def test_slow_models_keep_a_useful_training_length() -> None:
+    """A model too slow for every experiment at a useful length drops seeds and experiments
+    before its training is cut short; short training only when nothing else fits."""
+    slow = fake_probe(step_s=0.5, feature_s=0.04, pair_s=1e-4, pool=5000)
+    est = Estimator(CostModel(slow, workers=1), NoStore())
+    heads = head_levels(fake_inputs(), slow)
+    first_short = next(i for i, h in enumerate(heads) if h.short)
+    assert all(h.seeds == 1 for h in heads[first_short - 3 : first_short])  # one seed before short
+    plan = choose_plan(fake_inputs(), slow, est, 470.0)
+    assert plan.fits and not plan.head.short and plan.head.steps >= TRAIN_RULES[-1][1], plan.head
+    one = choose_plan(fake_inputs(), slow, est, 200.0)  # one seed, the other experiments dropped
+    assert one.fits and not one.head.short and one.head.seeds == 1, one.head
+    tiny = choose_plan(fake_inputs(), slow, est, 100.0)  # nothing else fits: said so
+    assert tiny.fits and tiny.head.short and tiny.head.steps < TRAIN_RULES[-1][1]
+    assert "shortened below a useful length" in tiny.describe()["training"]
+
+
+def test_learning_rate_pick() -> None:
+    from ntklab.explain import pick_lr
+
+    # a ResNet with BatchNorm and Adam on one batch: the dozen-step losses favour the smallest
+    # rate a little; the largest within LR_TOLERANCE of it trains better over a whole run
+    assert pick_lr([(0.03, math.inf), (0.0075, 0.909), (0.001875, 0.59), (0.00047, 0.534)]) == 0.001875
+    assert pick_lr([(0.03, 0.2), (0.0075, 0.3)]) == 0.03
+    assert pick_lr([(0.03, math.inf)]) is None
 
 
 def test_user_training_length_is_kept() -> None:
@@ -510,6 +538,25 @@ def test_network_check_says_why_not() -> None:
     assert "shortened below a useful length" in network_check(cfg, summary, short=True)["notes"][-1]
     summary["training"]["still_falling"] = [{"method": "nn", "n": 256, "seed": 0}]
     assert "still falling" in network_check(cfg, summary)["notes"][-1]
+    # early stopping kept the weights at init: the network predicts f0, whatever it is compared with
+    summary["test_loss_at_n_max"] = {"nn": 0.9, "entk": 0.92}
+    at_init = network_check(cfg, summary, kept_at=[0.0, 0.0])
+    assert at_init["best_step"] == 0.0 and "kept every network at initialization" in at_init["notes"][-1]
+    assert "at least as good" in network_check(cfg, summary, kept_at=[0.0, 40.0])["notes"][-1]
+
+
+def test_best_steps_read_from_results(tmp_path: Path) -> None:
+    from ntklab.explain import best_steps
+
+    csv = tmp_path / "results.csv"
+    csv.write_text(
+        "experiment,method,n,width,seed,step,metric,value\n"
+        "data-scaling,nn,32,32,0,90,best_step,0.0\n"
+        "data-scaling,nn,32,32,1,80,best_step,20.0\n"
+        "data-scaling,nn,16,32,0,90,best_step,5.0\n"
+        "data-scaling,entk,32,32,0,-1,test_mse,0.9\n"
+    )
+    assert best_steps(csv, 32) == [0.0, 20.0] and best_steps(tmp_path / "missing.csv", 32) == []
 
 
 def test_load_data_keeps_downsample_and_channels() -> None:

@@ -90,8 +90,14 @@ N_USEFUL = 512  # with a longer rule left, n_max shrinks only down to this befor
 CONTENTION_STEPS = 4  # training steps timed alone and side by side (one per worker)
 MIN_SPEEDUP = 1.25  # below this parallel speed-up (probe), units run in process
 CALIBRATION_EVIDENCE = 0.1  # recalibrate once this fraction of the planned work was measured
-MIN_FACTOR = 0.5  # the calibration may halve the estimates at most (the plan then grows)
+MIN_FACTOR = 0.25  # the calibration may lower the estimates 4-fold at most (the plan then grows)
+ENTK_PROBE_S = 0.2  # an eNTK probe quicker than this is timed again on 4x the samples
 GROW_BELOW = 0.7  # re-plan larger when the rest is estimated below this share of the time left
+#: Share of the planned steps an early-stopped training run is planned to take until runs of
+#: this explain were measured (patience 0.3 stops it after at least 30 %; measured 31-36 % on
+#: an MLP on MNIST-1D and a ResNet on CIFAR-10). Only plans use it; whether a unit may start
+#: before the end of the budget is judged at its full length.
+STOP_PRIOR = 0.6
 WORKER_START_S = 8.0  # spawning the worker processes and importing torch there
 REPORT_RESERVE_S = 3.0  # writing report.html / report.md
 LADDER_MAX = 4096  # the largest training set the planner considers
@@ -99,7 +105,8 @@ REGRESS_PROBE_N = 512  # kernel regression is timed at this n and scaled as n³ 
 LR_PROBE_STEPS = 12  # training steps of each learning-rate try (on one batch)
 LR_TRIES = 4  # train.lr, then lowered by LR_DECREASE up to 3 times
 LR_DECREASE = 0.25
-LR_GROWTH = 2.0  # a try is unstable when a loss exceeds this times its first
+LR_GROWTH = 2.0  # a try is unstable when a loss of its second half exceeds this times its first
+LR_TOLERANCE = 1.25  # the largest rate whose loss is within this factor of the lowest wins
 FIGURES_PER_EXPERIMENT = {"data-scaling": 1, "pretrained-kernel": 2, "kernel-evolution": 4}
 SECTIONS_OF = {"pretrained": "pretrained-kernel", "evolution": "kernel-evolution"}
 
@@ -427,7 +434,8 @@ class Probe:
 
     Attributes
     ----------
-    load_s : loading and preparing the data once (every experiment and worker does it again)
+    load_s : loading and preparing the data once (every experiment and worker does it again;
+        timed again when the first load generated or downloaded it)
     init_s : building the model once
     step_s : one training step at batch size ``batch``
     fwd_s : the forward pass of one sample in eval mode (evaluation)
@@ -578,9 +586,10 @@ def run_probe(cfg: AnyConfig, what: str, lr_fixed: bool = False, workers: int = 
 
     The timings use the units' thread count. Unless ``lr_fixed`` (the user set ``train.lr``),
     it also picks the learning rate, a short range test: ``train.lr`` times ``LR_DECREASE``^k
-    (k < ``LR_TRIES``), ``LR_PROBE_STEPS`` steps each at that constant rate on one batch; the
-    rate with the lowest loss over the second half of its steps wins, among those whose loss
-    stays finite and below ``LR_GROWTH`` times its start. With ``workers > 1`` it times
+    (k < ``LR_TRIES``), ``LR_PROBE_STEPS`` steps each at that constant rate on one batch; among
+    the rates whose loss stays finite and, over the second half of the steps, below
+    ``LR_GROWTH`` times its start, the largest whose mean loss over that half is within
+    ``LR_TOLERANCE`` of the lowest wins. With ``workers > 1`` it times
     ``CONTENTION_STEPS`` training steps alone and ``workers`` of them side by side (threads) to
     see how much parallel speed-up the machine offers right now. User mistakes raise one sentence.
     """
@@ -609,6 +618,15 @@ def measure_contention(run: Callable[[int], None], workers: int) -> float:
     return float(min(max(side / max(alone, 1e-9), 1.0), workers))
 
 
+def pick_lr(tries: Sequence[tuple[float, float]]) -> float | None:
+    """Of (learning rate, mean loss over the second half of its try; inf: unstable), the
+    largest rate whose loss is within ``LR_TOLERANCE`` of the lowest; None when none is stable."""
+    finite = [v for _, v in tries if math.isfinite(v)]
+    if not finite:
+        return None
+    return max(r for r, v in tries if v <= LR_TOLERANCE * min(finite))
+
+
 def _probe(cfg: AnyConfig, what: str, lr_fixed: bool, workers: int) -> Probe:
     """The body of :func:`run_probe` (run under the units' thread count)."""
     import torch
@@ -621,7 +639,9 @@ def _probe(cfg: AnyConfig, what: str, lr_fixed: bool, workers: int) -> Probe:
     from ntklab.train import evaluate, train
 
     t_start = time.perf_counter()
-    splits, load_s = _timed(lambda: load_data(cfg))
+    splits, first_load_s = _timed(lambda: load_data(cfg))
+    # the first load may generate, download or cache the data; the experiments load it again
+    load_s = _timed(lambda: load_data(cfg))[1] if first_load_s > 0.5 else first_load_s
     if len(splits.x_train) < 16:
         raise DataError(f"the training set has {len(splits.x_train)} samples; explain needs at least 16.")
     k = splits.num_outputs
@@ -631,14 +651,17 @@ def _probe(cfg: AnyConfig, what: str, lr_fixed: bool, workers: int) -> Probe:
         raise ArchError(f"{what} has no trainable parameters.")
 
     # training: a warm-up step, then tries of LR_PROBE_STEPS steps at a constant learning rate
-    # (train.lr, then lowered by LR_DECREASE): the rate with the lowest loss over the second half
-    # of its try, among those whose loss never exceeds LR_GROWTH times the first (no spike)
+    # (train.lr, then lowered by LR_DECREASE), judged by the mean loss over the second half of
+    # the try; a try is unstable when a loss of its second half exceeds LR_GROWTH times the
+    # first (a transient spike of the first steps, common with Adam and BatchNorm, is allowed).
+    # A dozen steps favour small rates, which learn a little faster at first and slower later:
+    # the largest stable rate within LR_TOLERANCE of the lowest loss wins.
     b = min(cfg.train.batch_size, len(splits.x_train))
     x, y = torch.as_tensor(splits.x_train[:b]), torch.as_tensor(splits.y_train[:b])
     lab = torch.as_tensor(splits.labels_train[:b], dtype=torch.long)
 
     def tail_loss(n: int, lr: float) -> float:
-        """Mean loss of the second half of n steps at ``lr`` (inf when it diverges or spikes)."""
+        """Mean loss of the second half of n steps at ``lr`` (inf when it diverges)."""
         tc = cfg.train.model_copy(update={"lr": lr, "schedule": "constant", "warmup_steps": 0})
         try:
             model = build_model(cfg, x.shape[1:], k)
@@ -646,23 +669,29 @@ def _probe(cfg: AnyConfig, what: str, lr_fixed: bool, workers: int) -> Probe:
         except FloatingPointError:
             return math.inf
         losses = [h["train_loss"] for h in res.history]
-        if not losses or not all(math.isfinite(v) for v in losses) or max(losses) > LR_GROWTH * losses[0]:
+        late = losses[len(losses) // 2 :]
+        if not losses or not all(math.isfinite(v) for v in losses) or max(late) > LR_GROWTH * losses[0]:
             return math.inf
-        return float(np.mean(losses[len(losses) // 2 :]))
+        return float(np.mean(late))
 
     tail_loss(1, cfg.train.lr)  # warm-up: first-call costs are paid once per process
-    lr = best_lr = cfg.train.lr
-    best, times = math.inf, []
+    lr = cfg.train.lr
+    tries: list[tuple[float, float]] = []  # (rate, loss)
+    times = []
     for _ in range(1 if lr_fixed else LR_TRIES):
         loss, t_n = _timed(lambda lr=lr: tail_loss(LR_PROBE_STEPS, lr))
         times.append(t_n)
-        if loss < best:
-            best, best_lr = loss, lr
-        elif math.isfinite(loss):
+        earlier = [v for _, v in tries if math.isfinite(v)]
+        tries.append((lr, loss))
+        if math.isfinite(loss) and earlier and loss >= min(earlier):
             break  # stable but worse than a larger rate: smaller rates only learn slower
         lr *= LR_DECREASE
-    stable = math.isfinite(best)
-    lr = best_lr if stable else (cfg.train.lr if lr_fixed else lr / LR_DECREASE)
+    chosen = pick_lr(tries)
+    stable = chosen is not None
+    if chosen is not None:
+        lr = chosen
+    else:
+        lr = cfg.train.lr if lr_fixed else lr / LR_DECREASE
     t_n = float(np.median(times))
     step_s = max(t_n - init_s, t_n / 2) / LR_PROBE_STEPS
     contention = 1.0
@@ -705,6 +734,13 @@ def _probe(cfg: AnyConfig, what: str, lr_fixed: bool, workers: int) -> Probe:
         entk(4, {})  # warm-up: imports and first-call costs are paid once per process
         _, t_small = _timed(lambda: entk(4, {}))
         _, t_m = _timed(lambda: entk(m, stats))
+        if t_m < ENTK_PROBE_S and len(splits.x_train) > m:  # quick: a larger block, 3 times
+            m = min(4 * m, len(splits.x_train))
+            runs = []
+            for _ in range(3):
+                st: dict[str, Any] = {}
+                runs.append((_timed(lambda st=st: entk(m, st))[1], st))
+            t_m, stats = sorted(runs, key=lambda r: r[0])[1]  # the median run (load comes and goes)
     except NtkLabError:
         raise
     except Exception as exc:  # noqa: BLE001 - the user's model: one sentence, before any work
@@ -955,7 +991,8 @@ class CostModel:
             ckpts = ev.n_checkpoints + 6  # log-spaced steps round to fewer; milestones add some
             probe_n = ev.probe_train + ev.probe_test
             eig = self.regress(probe_n) / 4
-            return self.factor * figs + cfg.seeds * ckpts * (eig + self.regress(ev.regress_n))
+            kt = sum(self.regress(n) for n in grid if n < ev.regress_n) + self.regress(ev.regress_n)
+            return self.factor * figs + cfg.seeds * ckpts * (eig + kt)
         kernels = cfg.seeds * ("entk" in cfg.methods) + sum(m in ("ntk", "nngp") for m in cfg.methods)
         if cfg.experiment == "pretrained-kernel":
             kernels += cfg.seeds * len(cfg.pretrained.n0) + (
@@ -1146,9 +1183,9 @@ def head_levels(inputs: Inputs, probe: Probe) -> list[Head]:
     32); the grid is 4 points from n_max/8 to n_max (3 when n_max is tiny), geometric. Training
     gets the share it needs: for each rule of ``TRAIN_RULES`` (longest first), n_max shrinks
     down to ``N_USEFUL`` (with 3 then 2 seeds, 1000/500/250 test points) before the next,
-    shorter rule is tried; the last useful rule goes down to the smallest n_max, and only then
-    the ``SHORT_RULES`` (marked ``short``). Values the user set (seeds, training length, n_val,
-    n_test) are kept.
+    shorter rule is tried; the last useful rule goes down to the smallest n_max, then again on
+    one seed, and only then come the ``SHORT_RULES`` (marked ``short``). Values the user set
+    (seeds, training length, n_val, n_test) are kept.
     """
     floor = max(8, 2 * probe.num_outputs)
     cap = min(inputs.n_cap or LADDER_MAX, LADDER_MAX)
@@ -1180,6 +1217,7 @@ def head_levels(inputs: Inputs, probe: Probe) -> list[Head]:
             levels.append(
                 (epochs, min_steps, False, [q for q in n_maxes if last or q >= useful], long_variants)
             )
+        levels.append((*TRAIN_RULES[-1], False, n_maxes, ((1, 2),)))  # one seed before short training
         levels += [(e, m, True, n_maxes[-3:], ((2, 2),)) for e, m in SHORT_RULES]
     out: list[Head] = []
     for epochs, min_steps, short, tops, variants in levels:
@@ -1382,26 +1420,32 @@ def _best_fit(
 def choose_plan(inputs: Inputs, probe: Probe, estimator: Estimator, seconds: float) -> Plan:
     """The largest plan whose estimate fits ``seconds``.
 
-    First pass: the first head of :func:`head_levels` whose data scaling takes at most
-    ``HEAD_SHARE`` of ``seconds``, with the most preferred tail that keeps every available
-    experiment and fits. Second pass (a small budget): the smallest head with the most
-    preferred tail that fits, dropping experiments. When nothing fits, the smallest head and
-    smallest full tail with ``fits = False``.
+    The heads of :func:`head_levels` that train to a useful length first: the first whose data
+    scaling takes at most ``HEAD_SHARE`` of ``seconds`` with the most preferred tail that keeps
+    every available experiment and fits; else the first with the most preferred tail that
+    fits, dropping experiments (training keeps its share before the other experiments do).
+    Then the same with the ``short`` heads. When nothing fits, the smallest head and smallest
+    full tail with ``fits = False``.
     """
     avail = available_experiments()
     heads = head_levels(inputs, probe)
-    for head in heads:
-        tails = tail_levels(head, avail)
-        if estimator(make_configs(inputs, head, tails[-1]))["data-scaling"] > HEAD_SHARE * seconds:
-            continue
-        found = _best_fit(inputs, head, [t for t in tails if t.rank < PARTIAL], estimator, seconds)
-        if found is not None:
-            return Plan(head, *found)
+    for group in ([h for h in heads if not h.short], [h for h in heads if h.short]):
+        for head in group:
+            tails = tail_levels(head, avail)
+            if estimator(make_configs(inputs, head, tails[-1]))["data-scaling"] > HEAD_SHARE * seconds:
+                continue
+            found = _best_fit(inputs, head, [t for t in tails if t.rank < PARTIAL], estimator, seconds)
+            if found is not None:
+                return Plan(head, *found)
+        for head in group:
+            tails = tail_levels(head, avail)
+            if estimator(make_configs(inputs, head, tails[-1]))["data-scaling"] > seconds:
+                continue
+            found = _best_fit(inputs, head, tails, estimator, seconds)
+            if found is not None:
+                return Plan(head, *found)
     head = heads[-1]
     tails = tail_levels(head, avail)
-    found = _best_fit(inputs, head, tails, estimator, seconds)
-    if found is not None:
-        return Plan(head, *found)
     tail = [t for t in tails if t.rank < PARTIAL][-1] if tails[0].rank < PARTIAL else tails[-1]
     configs = make_configs(inputs, head, tail)
     return Plan(head, tail, configs, estimator(configs), fits=False)
@@ -1480,9 +1524,10 @@ class Calibration:
 
     @property
     def stop_fraction(self) -> float:
-        """Steps taken / planned by the early-stopped training runs (1 until 2 were measured)."""
+        """Steps taken / planned by the early-stopped training runs (``STOP_PRIOR`` until 2
+        were measured)."""
         if self.trainings < 2 or self.planned_steps <= 0:
-            return 1.0
+            return STOP_PRIOR
         return max(0.05, min(1.0, self.taken_steps / self.planned_steps))
 
 
@@ -1498,8 +1543,9 @@ class PlanExecutor:
     * the first repetition is always admitted; a later one only if all its units, scheduled on
       the workers with the calibrated estimates, end before ``deadline`` (the experiment's
       share of the budget); otherwise it is skipped whole;
-    * any unit whose calibrated estimate would end after ``hard_deadline`` (the end of the
-      budget, less the analysis and report) is skipped, with every unit not started yet; for
+    * any unit whose calibrated estimate at full length (training not stopped early) would end
+      after ``hard_deadline`` (the end of the budget, less the analysis and report) is
+      skipped, with every unit not started yet; for
       the first repetition the limit is ``first_deadline`` (the end of the budget less the
       report: an analysis of nothing is worth nothing, and its estimate is the noisiest).
 
@@ -1523,6 +1569,7 @@ class PlanExecutor:
         first_deadline: float | None = None,
     ) -> None:
         self.cfg, self.costs, self.deadline = cfg, costs.scaled(1.0), deadline
+        self.full = CostModel(costs.p, costs.workers, 1.0, costs.budget_bytes)  # no early stopping
         self.hard_deadline = deadline if hard_deadline is None else max(hard_deadline, deadline)
         self.first_deadline = self.hard_deadline if first_deadline is None else first_deadline
         self.calibration, self.bar, self.pool = calibration, bar, pool
@@ -1626,7 +1673,8 @@ class PlanExecutor:
                         admitted.add(seed)
                     est = self.costs.unit(self.cfg, u)  # uncalibrated: calibration compares with it
                     limit = self.first_deadline if seed == first else self.hard_deadline
-                    if time.perf_counter() + est * self.slow * self.calibration.factor > limit:
+                    longest = self.full.unit(self.cfg, u)  # early stopping may not come
+                    if time.perf_counter() + longest * self.slow * self.calibration.factor > limit:
                         skip(list(waiting))
                         break
                     waiting.remove(u)
@@ -1907,7 +1955,9 @@ def _explain_planned(
         n_workers = 1  # the cores are busy: worker processes would only add their start-up
     out_dir.mkdir(parents=True, exist_ok=True)
     store = default_store()
-    costs = CostModel(probe, n_workers, budget_bytes=base_cfg.kernel.memory_budget_mb * 2**20)
+    costs = CostModel(
+        probe, n_workers, budget_bytes=base_cfg.kernel.memory_budget_mb * 2**20, stop_fraction=STOP_PRIOR
+    )
     estimator = Estimator(costs, store)
     reserve = REPORT_RESERVE_S + (WORKER_START_S if n_workers > 1 else 0.0)
     if state is not None and state.get("plan_configs"):
@@ -1966,7 +2016,8 @@ def _explain_planned(
     stop_pool(pool)
     ds_cfg = plan.configs.get("data-scaling")
     if ds_cfg is not None and "data-scaling" in summaries:
-        state["training"] = network_check(ds_cfg, summaries["data-scaling"], plan.head.short)
+        kept_at = best_steps(out_dir / "data-scaling" / "results.csv", ds_cfg.data.n_max)
+        state["training"] = network_check(ds_cfg, summaries["data-scaling"], plan.head.short, kept_at)
         state["notes"] += state["training"]["notes"]
         for line in state["training"]["notes"]:
             say(line)
@@ -2065,12 +2116,32 @@ def _run_one(
     return plan
 
 
-def network_check(cfg: AnyConfig, summary: Mapping[str, Any], short: bool = False) -> dict[str, Any]:
+def best_steps(results_csv: Path, n: int) -> list[float]:
+    """The steps of the kept weights (``best_step`` rows) of the networks (method ``nn``) at n."""
+    import csv
+
+    try:
+        with open(results_csv, newline="") as f:
+            return [
+                float(r["value"])
+                for r in csv.DictReader(f)
+                if r.get("method") == "nn" and r.get("metric") == "best_step" and int(r.get("n", -1)) == n
+            ]
+    except (OSError, ValueError, KeyError):
+        return []
+
+
+def network_check(
+    cfg: AnyConfig, summary: Mapping[str, Any], short: bool = False, kept_at: Sequence[float] = ()
+) -> dict[str, Any]:
     """How data scaling's networks trained, and whether the network at the largest n is at
     least as good as kernel regression with its eNTK at init; when not, why (in ``notes``).
+    ``kept_at``: the steps of the kept weights at that n (all 0: early stopping kept the
+    network at initialization, which then predicts f0, and says so).
 
-    Returns ``{"rule", "n", "planned_steps", "steps", "nn", "entk", "notes"}`` (losses: the
-    mean over repetitions of ``fit.metric`` at n = ``data.n_max``; None when missing).
+    Returns ``{"rule", "n", "planned_steps", "steps", "best_step", "nn", "entk", "notes"}``
+    (losses: the mean over repetitions of ``fit.metric`` at n = ``data.n_max``; None when
+    missing).
     """
     n, metric = cfg.data.n_max, cfg.fit.metric
     rule = training_rule(cfg, short)
@@ -2089,8 +2160,17 @@ def network_check(cfg: AnyConfig, summary: Mapping[str, Any], short: bool = Fals
         if steps is not None
         else f"{planned} planned steps"
     )
+    at_init = bool(kept_at) and max(kept_at) == 0
     if nn_loss is None or entk_loss is None:
         notes.append(f"At n = {n} the network or the eNTK at init has no result: no comparison.")
+    elif at_init:
+        notes.append(
+            f"At n = {n} early stopping kept every network at initialization (no training step improved its "
+            f"validation loss), so the 'trained' network predicts f0 ({metric} {nn_loss:.4g}; kernel regression "
+            f"with its eNTK at init: {entk_loss:.4g}): at this n the network learns nothing that generalizes"
+            + ("; its training was also shortened below a useful length to fit the budget" if short else "")
+            + ". A larger n (a larger budget) or another learning rate (train.lr) may change that."
+        )
     elif nn_loss <= entk_loss:
         notes.append(
             f"At n = {n} the trained network ({metric} {nn_loss:.4g}, {taken}) is at least as good as kernel "
@@ -2124,6 +2204,7 @@ def network_check(cfg: AnyConfig, summary: Mapping[str, Any], short: bool = Fals
         "n": n,
         "planned_steps": planned,
         "steps": steps,
+        "best_step": float(np.mean(kept_at)) if len(kept_at) else None,
         "nn": nn_loss,
         "entk": entk_loss,
         "notes": notes,
