@@ -1,13 +1,17 @@
 """Embedded datasets that need no files: MNIST-1D (generated) and scikit-learn's digits.
 
 MNIST-1D is generated locally by the ``mnist1d`` package's own generator (never downloaded) and
-cached on disk as ``.npz`` after the first generation, keyed by the generator arguments.
+cached on disk as ``.npz`` after the first generation, keyed by the generator arguments
+(``num_samples`` among them, so every pool size has its own file). The generator is a Python
+loop over samples: about 0.4 ms of CPU per sample (150,000 samples: 56 s of CPU and 340 MB
+peak memory on a 2-core machine), paid once; the cached file (25 MB at 150,000) loads in 0.1 s.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import zipfile
@@ -16,6 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from ntklab.data.raw import RawDataset
+
+logger = logging.getLogger(__name__)
 
 
 def cache_dir() -> Path:
@@ -42,7 +48,8 @@ def atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
 def load_mnist1d(num_samples: int = 25_000, train_split: float = 0.8, seed: int = 42) -> RawDataset:
     """MNIST-1D (Greydanus 2020) from its generator: x (N, 1, 40) float32, 10 classes.
 
-    ``num_samples`` in total, the first ``train_split`` of them the training pool (the
+    ``num_samples`` in total (rounded down to a multiple of 10: the generator makes
+    ``num_samples // 10`` per class), the first ``train_split`` of them the training pool (the
     package's own split); ``seed`` is the generator's seed (42 reproduces the published set's
     construction). The generator seeds NumPy's global RNG; its state is restored afterwards.
     """
@@ -57,6 +64,7 @@ def load_mnist1d(num_samples: int = 25_000, train_split: float = 0.8, seed: int 
     if cached is not None:
         x, y, xt, yt = cached
     else:
+        logger.info("generating MNIST-1D: %d samples, once (cached at %s)", num_samples, path)
         state = np.random.get_state()
         try:
             d = mnist1d.data.make_dataset(mnist1d.utils.ObjectView(dict(args)))
