@@ -135,6 +135,7 @@ def regress_grid(
     ridges: list[float],
     ridge: float | None,
     f0: tuple[np.ndarray, np.ndarray] | None = None,
+    memory_budget_mb: float | None = None,
 ) -> list[dict[str, float]]:
     """Kernel regression for every n of ``grid`` by slicing one kernel.
 
@@ -142,15 +143,16 @@ def regress_grid(
     test rows. With ``f0 = (f0_train (N, K), f0_cross (V + T, K))`` the predictor is
     f0(x) + K(x, X)(K + λI)⁻¹(Y − f0(X)) (the linearized network's f0 added back), else
     K(x, X)(K + λI)⁻¹Y. Returns one dict per n: n, test_mse, test_error, ridge, jitter.
+    ``memory_budget_mb`` (``kernel.memory_budget_mb``) lets large n use the iterative solver.
     """
     v = len(s.x_val)
     k = s.y_train.shape[1]
     f0_train, f0_cross = f0 if f0 is not None else (np.zeros((len(k_train), k)), np.zeros((len(k_cross), k)))
     out = []
     for n in grid:
-        reg = KernelRegressor([ridge] if ridge is not None else ridges).fit(
-            k_train[:n, :n], s.y_train[:n] - f0_train[:n]
-        )
+        reg = KernelRegressor(
+            [ridge] if ridge is not None else ridges, memory_budget_mb=memory_budget_mb
+        ).fit(k_train[:n, :n], s.y_train[:n] - f0_train[:n])
         reg.select(k_cross[:v, :n], s.y_val - f0_cross[:v])
         pred = f0_cross[v:] + reg.predict(k_cross[v:, :n])
         out.append(

@@ -177,7 +177,14 @@ def kernel_rows(
     if f0_convention(cfg) == "added" and "f0_train" in kernel:
         f0 = (kernel["f0_train"], kernel["f0_cross"])
     recs = regress_grid(
-        kernel["train"], kernel["cross"], ctx.seed_splits(seed), grid, cfg.kernel.ridges, cfg.kernel.ridge, f0
+        kernel["train"],
+        kernel["cross"],
+        ctx.seed_splits(seed),
+        grid,
+        cfg.kernel.ridges,
+        cfg.kernel.ridge,
+        f0,
+        memory_budget_mb=cfg.kernel.memory_budget_mb,
     )
     return [r for rec in recs for r in rows_from(cfg.experiment, method, width, seed, rec, METRICS)]
 

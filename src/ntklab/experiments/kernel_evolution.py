@@ -362,7 +362,15 @@ def seed_series(
             rec["distance_to_init"] = kernel_distance(probes[0], p)
             rec["angle_to_init"] = kernel_angle(probes[0], p)
         b = kernels[t]["blocks"]
-        rec["kt"] = regress_grid(b["train"], b["cross"], s, kt_ns, cfg.kernel.ridges, cfg.kernel.ridge)
+        rec["kt"] = regress_grid(
+            b["train"],
+            b["cross"],
+            s,
+            kt_ns,
+            cfg.kernel.ridges,
+            cfg.kernel.ridge,
+            memory_budget_mb=cfg.kernel.memory_budget_mb,
+        )
         rec.update({f"nn_{k}": v for k, v in trained["nn"][t].items()})
         per.append(rec)
     late = [t for t, e in zip(steps, epochs) if e >= 1.0]

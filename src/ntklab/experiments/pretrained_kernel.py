@@ -127,7 +127,13 @@ def analyze(
                 if res is None:
                     continue
                 (rec,) = regress_grid(
-                    res["train"], res["cross"], ctx.seed_splits(i), [n], cfg.kernel.ridges, cfg.kernel.ridge
+                    res["train"],
+                    res["cross"],
+                    ctx.seed_splits(i),
+                    [n],
+                    cfg.kernel.ridges,
+                    cfg.kernel.ridge,
+                    memory_budget_mb=cfg.kernel.memory_budget_mb,
                 )
                 rows += rows_from(cfg.experiment, GROW, w, i, rec, METRICS)
                 rows += pretrain_rows(cfg, GROW, res, n, i)
