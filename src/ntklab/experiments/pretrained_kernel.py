@@ -22,8 +22,8 @@ L(n) ≈ a·n^(−α):
   very network of method ``nn`` at n, so its α shows whether the after-kernel keeps up with
   the network's.
 
-The summary adds ``differences`` (paired bootstrap of α_nn − α_method, on the range both are
-fitted on), per after-kernel method ``alpha_minus_nn`` (α − α_nn), the mean test loss
+The summary adds ``differences`` (paired bootstrap of α_nn − α_method for every method, and of
+α_entk − α_after for every after-kernel, on the range both are fitted on), per after-kernel method ``alpha_minus_nn`` (α − α_nn), the mean test loss
 table ``mean_loss`` {method: {n: L}}, the pre-trained networks' own test loss and the cosine
 kernel distance S(Θ_T, Θ_0) = 1 − ⟨Θ_T, Θ_0⟩_F / (‖Θ_T‖_F ‖Θ_0‖_F) to the eNTK at init on the
 first ``min(256, n_max)`` training points (how far the kernel moved).
@@ -41,7 +41,7 @@ from ntklab.experiments import data_scaling
 from ntklab.experiments.after_kernel import after_kernel_unit
 from ntklab.experiments.common import arch_label, regress_grid
 from ntklab.experiments.data_scaling import METRICS, entk_unit, kernel_rows
-from ntklab.experiments.tidy import row, rows_from, scaling_summary
+from ntklab.experiments.tidy import differences, row, rows_from, scaling_summary
 from ntklab.kernels.metrics import kernel_distance
 from ntklab.run.units import Unit
 
@@ -140,6 +140,10 @@ def analyze(
 
     scaling = scaling_summary(rows, cfg.fit, cfg.seed, fit_ranges(cfg))
     exps = scaling["exponents"]
+    after_methods = [m for m in exps if m.startswith("after_kernel@")]
+    scaling["differences"] |= differences(
+        rows, cfg.fit, cfg.seed, reference="entk", min_n=fit_ranges(cfg), methods=after_methods
+    )
     methods = sorted({r["method"] for r in rows if r["metric"] == cfg.fit.metric})
     mean_loss = {
         m: {str(n): v for n in grid if (v := mean_of(rows, m, cfg.fit.metric, n)) is not None}

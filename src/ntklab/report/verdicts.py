@@ -332,16 +332,23 @@ def pretrained_kernel(summary: dict[str, Any]) -> list[Verdict]:
     for m in after:
         label = method_label(m)
         if "entk" in exps:
-            text, status = compare_exponents(
-                label,
-                exps[m],
-                method_label("entk"),
-                exps["entk"],
-                where=where,
-                if_a_above="training moved the kernel towards the task and improved its data scaling.",
-                if_b_above="the kernel got worse with training at this n range.",
+            clauses = dict(
+                if_a_above=(
+                    "its loss falls more slowly with n than the eNTK at init's on this range "
+                    "(an exponent, not a loss: the after-kernel can still be better at every n)."
+                ),
+                if_b_above="training moved the kernel towards the task and made its data scaling steeper.",
                 if_overlap="not distinguishable at this n range; training did not measurably change the kernel's data scaling.",
             )
+            diff = (summary.get("differences") or {}).get(f"entk-{m}")
+            if diff is not None:
+                rng = f"n = {diff['fit_n_min']}–{diff['fit_n_max']}"
+                at = ", ".join(x for x in (_ci_level(summary), rng) if x)
+                text, status = compare_by_difference(method_label("entk"), label, diff, where=at, **clauses)
+            else:
+                text, status = compare_exponents(
+                    method_label("entk"), exps["entk"], label, exps[m], where=where, **clauses
+                )
             out.append(
                 Verdict(f"{label} vs eNTK at init", text, "info" if status != "indistinguishable" else status)
             )
