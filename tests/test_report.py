@@ -141,7 +141,7 @@ def test_pretrained_verdicts_compare_after_kernel_with_init_and_network() -> Non
     assert len(vs) == 4
     assert "after-kernel (n₀ = 128)" in texts and "after-kernel (n₀ = n)" in texts
     first = vs[0]  # after_kernel@n0=128 vs eNTK at init: 0.26 > 0.24 -> improved
-    assert "improved its data scaling" in first.text
+    assert "made its data scaling steeper" in first.text
     assert vs[1].status == "does-not-explain"  # network 0.37 > after-kernel 0.34
     assert vs[3].status == "indistinguishable"  # after_kernel@n0=n overlaps the network
 
@@ -327,3 +327,26 @@ def test_figures_shown_at_half_their_pixel_width(tmp_path: Path) -> None:
     assert width == 100  # 2 inches at 50 dpi
     assert f'width="{width // 2}"' in render_html(collect(run))
     assert png_width(b"not a png") is None
+
+
+def test_verdicts_read_the_paired_difference_and_flag_bent_fits() -> None:
+    """Overlapping marginal CIs but a paired Δα interval above 0: the verdict follows Δα; a
+    fit flagged fit_ok false is named; no interval reads as not distinguishable."""
+    s = {
+        "experiment": "data-scaling",
+        "n_grid": [64, 4096],
+        "exponents": {
+            "nn": {"alpha": 0.30, "ci_low": 0.22, "ci_high": 0.38, "fit_ok": False},
+            "entk": {"alpha": 0.24, "ci_low": 0.20, "ci_high": 0.28, "fit_ok": True},
+        },
+        "differences": {
+            "nn-entk": {"delta": 0.06, "ci_low": 0.02, "ci_high": 0.10, "fit_n_min": 64, "fit_n_max": 4096}
+        },
+        "test_loss_at_n_max": {"nn": 0.40, "entk": 0.30},
+    }
+    vs = verdicts(s)
+    assert vs[0].status == "does-not-explain" and "0.060 [0.020, 0.100]" in vs[0].text
+    assert "bends" in vs[0].text and "network curve" in vs[0].text
+    assert any(v.status == "does-not-explain" and "worse than its own linearization" in v.text for v in vs)
+    s["differences"]["nn-entk"] |= {"ci_low": None, "ci_high": None}
+    assert verdicts(s)[0].status == "indistinguishable" and "no confidence interval" in verdicts(s)[0].text
