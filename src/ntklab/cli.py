@@ -28,7 +28,15 @@ def exponent_table(summary: dict[str, Any]) -> str:
         ci = "no CI" if e.get("ci_low") is None else f"[{e['ci_low']:.3f}, {e['ci_high']:.3f}]"
         fit = "bends" if e.get("fit_ok") is False else "ok"
         lines.append(f"{m:<24} {e['alpha']:>8.3f}   {ci:<20} {fit:<6}")
-    if not exps:
+    ev = summary.get("evolution") or {}
+    if not exps and ev.get("verdict"):
+        lines = [f"kernel evolution: {ev['verdict']}"]
+        lines += [
+            f"alpha(t) at step {e['step']:<8} {e['alpha']:>8.3f}"
+            + ("   no CI" if e.get("ci_low") is None else f"   [{e['ci_low']:.3f}, {e['ci_high']:.3f}]")
+            for e in (ev.get("kt_exponents") or [])[:: max(1, len(ev.get("kt_exponents") or []) // 6)]
+        ]
+    elif not exps:
         lines.append("(no exponents: fewer than two grid points finished)")
     diffs = summary.get("differences") or {}
     if diffs:
