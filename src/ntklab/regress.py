@@ -4,21 +4,28 @@ f̂(x) = K(x, X) (K(X, X) + λ·(tr K / n)·I)⁻¹ Y   (docs/design.md)
 
 Three solvers serve a grid of ridges λ:
 
+A kernel computed in floating point (an eNTK from float32 Jacobians, say) is positive
+semi-definite only up to its rounding: the default cnn1d's eNTK on 8,192 MNIST-1D points has
+328 eigenvalues below zero, down to −7e-6·tr K / n. A shift below that makes the solve
+meaningless, so every λ' that leaves K + λ'I not positive definite is raised to a jitter:
+
 * ``eigh``: K = V diag(s) Vᵀ once (≈ 10·n³ flops here), then every λ costs a product:
-  f̂ = K(x, X) V diag(1 / (s + λ')) Vᵀ Y with λ' = λ·tr K / n. Ridgeless (λ = 0) adds the
+  f̂ = K(x, X) V diag(1 / (s + λ')) Vᵀ Y with λ' = λ·tr K / n, raised to at least the
   smallest jitter that makes the solve well-posed, ``max(0, n·ε·max(s) − min(s))``.
 * ``cholesky``: one factorization per λ (n³/3 flops each), cheaper for short ridge grids.
-  Ridgeless tries λ' = 0 and, if K is not positive definite in floating point, the smallest
-  jitter of the ladder n·ε·(tr K / n)·100^k, k = 0, 1, ..., that factorizes.
+  λ' is used if K + λ'I factorizes, else the smallest value above λ' of the jitter ladder
+  n·ε·(tr K / n)·100^k, k = 0, 1, ..., that does (ridgeless: λ' = 0 first). Shifts that
+  failed are remembered, and equal shifts are solved once.
 * ``iterative``: preconditioned conjugate gradients (:mod:`ntklab.pcg`): every ridge of the
   grid in one batched iteration that reads K once per step, in row blocks when K is a memmap
   (any float dtype, accumulated in float64), with a rank-r Nyström preconditioner from
   randomly pivoted Cholesky; no n×n copy is made. Predictions agree with the exact solve to
-  about ``tol``·rms(y) (the stopping rule in :mod:`ntklab.pcg`). Ridgeless tries λ' = 0 like
-  ``cholesky``. A ridge that does not converge in ``maxiter`` iterations is said so (a
-  warning) and solved densely if the dense solve fits the memory budget; otherwise λ = 0
-  climbs the jitter ladder of ``cholesky`` until PCG converges, and another λ gets NaN
-  predictions, which :meth:`KernelRegressor.select` skips.
+  about ``tol``·rms(y) (the stopping rule in :mod:`ntklab.pcg`). The shifts follow the
+  ``cholesky`` rule, with PCG's own proof of indefiniteness (pᵀAp ≤ 0) in place of a failed
+  factorization. A ridge that does not converge in ``maxiter`` iterations is said so (a
+  warning) and solved densely if the dense solve fits the memory budget; otherwise λ = 0 (and
+  a λ already raised to a jitter) climbs the ladder until PCG converges, and another λ gets
+  NaN predictions, which :meth:`KernelRegressor.select` skips.
 
 ``auto`` picks ``iterative`` when the dense solve's memory (8·n² bytes for a float64 copy of K
 and as much for the factor; three times for ``eigh``) exceeds ``memory_budget_mb``, or when n
@@ -69,6 +76,7 @@ class KernelRegressor:
     solver_ : str, the solver used (``auto`` resolved by :meth:`fit`)
     scale_ : float, tr K / n
     jitter_ : float, the shift added for λ = 0 (0 when K is well conditioned)
+    shifts_ : dict λ -> the shift λ' (or jitter) its solve used, for the ridges solved so far
     ridge_ : float, the λ chosen by :meth:`select` (else the first)
     eigvals_ (n,), eigvecs_ (n, n) : float64, with the ``eigh`` solver
     iterations_, residuals_ : dict λ -> PCG iterations and true relative residual ‖Y − Aα‖/‖Y‖
@@ -109,10 +117,14 @@ class KernelRegressor:
         K may be a memmap; the iterative solver reads it in row blocks without a copy.
         """
         n = k_train.shape[0]
+        self.n_ = n
         self.solver_ = self.choose(n)
         self.y_ = np.asarray(y, dtype=np.float64)
         self.jitter_ = 0.0
+        self.shifts_: dict[float, float] = {}
         self._duals: dict[float, np.ndarray] = {}
+        self._by_shift: dict[float, np.ndarray] = {}
+        self._not_pd = -np.inf  # the largest shift that left K + shift·I not positive definite
         self.ridge_ = self.ridges[0]
         self._k_in = k_train
         if self.solver_ == "iterative":
@@ -128,7 +140,13 @@ class KernelRegressor:
         return self
 
     def _shift(self, ridge: float) -> float:
-        return max(ridge * self.scale_, self.jitter_) if ridge == 0 else ridge * self.scale_
+        return max(ridge * self.scale_, self.jitter_)
+
+    def _chain(self, ridge: float) -> list[float]:
+        """λ' then the jitter ladder above it: the shifts the ``cholesky`` rule tries in turn."""
+        shift = ridge * self.scale_
+        base = self.n_ * np.finfo(np.float64).eps * max(self.scale_, 1e-300)
+        return [shift] + [base * 100.0**k for k in range(0, 9) if base * 100.0**k > shift]
 
     def dual(self, ridge: float) -> np.ndarray:
         """Dual coefficients (n, K) = (K + λ'I)⁻¹ Y, cached per λ."""
@@ -138,6 +156,7 @@ class KernelRegressor:
             self._solve_iterative([ridge])
             return self._duals[ridge]
         if self.solver_ == "eigh":
+            self.shifts_[ridge] = self._shift(ridge)
             d = self.eigvecs_ @ (self.vty_ / (self.eigvals_ + self._shift(ridge))[:, None])
         else:
             d = self._cholesky_solve(ridge)
@@ -146,20 +165,23 @@ class KernelRegressor:
 
     def _cholesky_solve(self, ridge: float) -> np.ndarray:
         n = len(self.k_)
-        shifts = [ridge * self.scale_]
-        if ridge == 0:
-            base = n * np.finfo(np.float64).eps * max(self.scale_, 1e-300)
-            shifts += [base * 100.0**k for k in range(0, 9)]
-        for shift in shifts:
-            a = self.k_.copy()
-            a[np.diag_indices(n)] += shift
-            try:
-                c = scipy.linalg.cho_factor(a, overwrite_a=True, check_finite=False)
-            except np.linalg.LinAlgError:
-                continue
+        for shift in self._chain(ridge):
+            if shift <= self._not_pd:
+                continue  # K + shift·I is not positive definite: a larger shift already failed
+            if shift not in self._by_shift:
+                a = self.k_.copy()
+                a[np.diag_indices(n)] += shift
+                try:
+                    c = scipy.linalg.cho_factor(a, overwrite_a=True, check_finite=False)
+                except np.linalg.LinAlgError:
+                    self._not_pd = max(self._not_pd, shift)
+                    continue
+                del a
+                self._by_shift[shift] = scipy.linalg.cho_solve(c, self.y_, check_finite=False)
             if ridge == 0:
                 self.jitter_ = shift
-            return scipy.linalg.cho_solve(c, self.y_, check_finite=False)
+            self.shifts_[ridge] = shift
+            return self._by_shift[shift]
         raise np.linalg.LinAlgError("kernel matrix is not positive semi-definite even with jitter")
 
     # ------------------------------------------------------------------ iterative solver
@@ -185,58 +207,65 @@ class KernelRegressor:
         return self.tol * np.sqrt((y**2).mean(0)) / np.sqrt(max(self.scale_, 1e-300))
 
     def _solve_iterative(self, ridges: list[float]) -> None:
-        c = self.y_.shape[1]
-        y = np.tile(self.y_, len(ridges))
-        mu = np.repeat([r * self.scale_ for r in ridges], c)
-        res = pcg.pcg(self.op_, y, mu, self.precond_, self._tolerances(y), self.maxiter)
-        for i, r in enumerate(ridges):
-            sl = slice(i * c, (i + 1) * c)
-            self.iterations_[r] = int(res.iterations[sl].max())
-            self.residuals_[r] = float(res.residual[sl].max())
-            if res.converged[sl].all():
-                self._duals[r] = res.x[:, sl]
-            else:
-                self._duals[r] = self._rescue(r, res.x[:, sl], self.residuals_[r])
-
-    def _rescue(self, ridge: float, x: np.ndarray, residual: float) -> np.ndarray:
-        """A ridge whose PCG did not converge: dense if it fits, else the jitter ladder (λ = 0)
-        or NaN; never the unconverged iterate."""
-        n = len(x)
-        what = (
-            f"the iterative kernel regression for ridge {ridge:g} did not converge in "
-            f"{self.maxiter} iterations (relative residual {residual:.1e})"
+        n = self.n_
+        dense_fits = dense_bytes(n) <= self.budget_bytes
+        chains = [self._chain(r) for r in ridges]
+        # without room for a dense fallback, λ = 0 and the jitter rungs of the others may pass
+        # over a shift on which PCG stalls ("the smallest shift that converges")
+        climb = [None if dense_fits else (0 if r == 0 else 1) for r in ridges]
+        results = pcg.solve_chains(
+            self.op_, self.precond_, self.y_, chains, self._tolerances(self.y_), self.maxiter, climb
         )
-        if dense_bytes(n) <= self.budget_bytes:
+        for r, res in zip(ridges, results):
+            self.iterations_[r] = res.iterations
+            self.residuals_[r] = res.residual
+            if res.status == "converged":
+                self._duals[r] = res.x
+                self.shifts_[r] = res.shift
+                if r == 0:
+                    self.jitter_ = res.shift
+                if res.climbed_on_stall:
+                    warnings.warn(
+                        f"the iterative kernel regression for ridge {r:g} did not converge at "
+                        f"smaller shifts in {self.maxiter} iterations; it uses the shift "
+                        f"{res.shift:.3g} (shifts_).",
+                        RuntimeWarning,
+                        stacklevel=4,
+                    )
+            else:
+                self._duals[r] = self._rescue(r, res)
+
+    def _rescue(self, ridge: float, res: pcg.ChainResult) -> np.ndarray:
+        """A ridge whose PCG did not converge: dense if it fits, else NaN; never the
+        unconverged iterate."""
+        n = self.n_
+        if res.status == "stalled":
+            what = (
+                f"the iterative kernel regression for ridge {ridge:g} did not converge in "
+                f"{self.maxiter} iterations (shift {res.shift:.3g}, relative residual "
+                f"{res.residual:.1e})"
+            )
+        else:
+            what = f"the kernel is not positive definite even with the largest jitter for ridge {ridge:g}"
+        if dense_bytes(n) <= self.budget_bytes and res.status == "stalled":
             warnings.warn(f"{what}; solving it densely instead.", RuntimeWarning, stacklevel=4)
             if not hasattr(self, "k_"):
                 self.k_ = np.asarray(self._k_in, dtype=np.float64)
             return self._cholesky_solve(ridge)
-        if ridge == 0:
-            base = n * np.finfo(np.float64).eps * max(self.scale_, 1e-300)
-            y = self.y_
-            for k in range(0, 9):
-                shift = base * 100.0**k
-                mu = np.full(y.shape[1], shift)
-                res = pcg.pcg(self.op_, y, mu, self.precond_, self._tolerances(y), self.maxiter, x0=x)
-                x = res.x
-                if res.converged.all():
-                    self.jitter_ = shift
-                    self.iterations_[ridge] += int(res.iterations.max())
-                    self.residuals_[ridge] = float(res.residual.max())
-                    warnings.warn(
-                        f"{what}; ridgeless uses the jitter {shift:.3g} instead (jitter_).",
-                        RuntimeWarning,
-                        stacklevel=4,
-                    )
-                    return x
+        why = (
+            ""
+            if res.status != "stalled"
+            else (
+                f", and a dense solve ({dense_bytes(n) / 2**20:.0f} MB) exceeds the memory budget "
+                f"({self.budget_bytes / 2**20:.0f} MB)"
+            )
+        )
         warnings.warn(
-            f"{what}, and a dense solve ({dense_bytes(n) / 2**20:.0f} MB) exceeds the memory "
-            f"budget ({self.budget_bytes / 2**20:.0f} MB): its predictions are NaN and select() "
-            "skips it.",
+            f"{what}{why}: its predictions are NaN and select() skips it.",
             RuntimeWarning,
             stacklevel=4,
         )
-        return np.full_like(x, np.nan)
+        return np.full((n, self.y_.shape[1]), np.nan)
 
     # ------------------------------------------------------------------ predictions
 
