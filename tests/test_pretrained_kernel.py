@@ -71,7 +71,8 @@ def test_tiny_pretrained_kernel_run(tmp_path: Path) -> None:
             assert e["ci_low"] is None and e["ci_high"] is None
         else:
             assert e["ci_low"] <= e["alpha"] <= e["ci_high"]
-    assert set(summary["differences"]) == {f"nn-{m}" for m in names - {"nn"}}
+    after = {m for m in names if m.startswith("after_kernel@")}
+    assert set(summary["differences"]) == {f"nn-{m}" for m in names - {"nn"}} | {f"entk-{m}" for m in after}
     assert summary["differences"]["nn-after_kernel@n0=64"]["fit_n_min"] == 64
     assert summary["f0"] == "centered"
     assert set(summary["alpha_minus_nn"]) == names - {"nn", "entk", "ntk"}

@@ -154,13 +154,23 @@ def test_units_shared_with_data_scaling() -> None:
         "train.optimizer='sgd'",
         "train.lr=0.5",
         "train.batch_size=32",
+        "train.min_steps=1000",
     ]
-    ws = load_config(None, ["experiment=width-scaling", "widths=[16, 32]", *same])
+    # with a fixed lr (no lr_grid) the networks are data-scaling's too
+    ws = load_config(None, ["experiment=width-scaling", "widths=[16, 32]", "lr_grid=[]", *same])
     ds = load_config(None, ["experiment=data-scaling", *same])
     ws_keys = {u.key for u in width_scaling.plan(ws)}
     ds_units = data_scaling.plan(ds)
     assert ds_units and all(u.key in ws_keys for u in ds_units if u.kind in ("train", "entk"))
     # the infinite kernels do not depend on the width in the ntk parameterization
-    assert [u.key for u in data_scaling.infinite_units(ds, 1024)] == [
-        u.key for u in width_scaling.reference_units(ws)
-    ]
+    for i in range(2):
+        assert [u.key for u in data_scaling.infinite_units(ds, 1024, i)] == [
+            u.key for u in width_scaling.reference_units(ws, i)
+        ]
+    # with the lr chosen per width on validation, the eNTKs are still shared, the networks not
+    tuned = load_config(None, ["experiment=width-scaling", "widths=[16, 32]", *same])
+    plan = width_scaling.plan(tuned)
+    keys = {u.key for u in plan}
+    assert all(u.key in keys for u in ds_units if u.kind == "entk")
+    nets = [u for u in plan if u.fn.endswith(":train_network")]
+    assert nets and all(u.after == (u.args["lr_from"],) and u.args["lr_from"] in keys for u in nets)
