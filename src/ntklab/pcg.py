@@ -51,7 +51,6 @@ LAPACK does the small dense work (``eigh``).
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,7 +77,6 @@ class KernelOperator:
         block_bytes = ROW_BLOCK_BYTES if block_bytes is None else block_bytes
         self.block_rows = max(1, int(block_bytes // (8 * max(self.n, 1))))
         self.passes = 0  # full reads of K (one per product)
-        self.seconds = 0.0
 
     def diag(self) -> np.ndarray:
         return np.array(np.diagonal(self.k), dtype=np.float64)
@@ -95,7 +93,6 @@ class KernelOperator:
 
     def matmul(self, x: np.ndarray) -> np.ndarray:
         """K @ x in float64 (x (n, c))."""
-        t0 = time.perf_counter()
         self.passes += 1
         if self.direct:
             out = self.k @ x
@@ -104,7 +101,6 @@ class KernelOperator:
             for i in range(0, self.n, self.block_rows):
                 sl = slice(i, min(i + self.block_rows, self.n))
                 out[sl] = np.asarray(self.k[sl], dtype=np.float64) @ x
-        self.seconds += time.perf_counter() - t0
         return out
 
 
@@ -152,6 +148,8 @@ class Nystrom:
 
     @classmethod
     def from_factor(cls, f: np.ndarray) -> Nystrom:
+        if f.shape[1] == 0:
+            return cls(np.zeros((f.shape[0], 0)), np.zeros(0))
         # F = U Σ Vᵀ through the small Gram matrix FᵀF = V Σ² Vᵀ
         w, v = scipy.linalg.eigh(f.T @ f, driver="evd", check_finite=False)
         w, v = w[::-1], v[:, ::-1]
@@ -170,12 +168,6 @@ class Nystrom:
         floor = self.s[-1]
         coef = (floor + mu[None, :]) / (self.s[:, None] + mu[None, :]) - 1.0
         return r + self.u @ (coef * (self.u.T @ r))
-
-    def solve(self, y: np.ndarray, mu: np.ndarray) -> np.ndarray:
-        """(K̂ + μI)⁻¹ y restricted to range(U): the low-rank approximate solution."""
-        if self.rank == 0:
-            return np.zeros_like(y)
-        return self.u @ ((self.u.T @ y) / (self.s[:, None] + mu[None, :]))
 
 
 ACTIVE, CONVERGED, INDEFINITE, STALLED, CANCELLED = range(5)
