@@ -46,7 +46,12 @@ from ntklab import pcg
 
 EIGH_COST = 30.0  # eigh costs about this many Cholesky factorizations (measured on 2 cores)
 DEFAULT_BUDGET_MB = 2048  # kernel.memory_budget_mb's default
-ITERATIVE_MIN_N = 8192  # from here PCG beat the dense solve on the 8-ridge grid (benchmark)
+# From here ``auto`` takes PCG even when the dense solve fits. Measured on the 8-ridge grid with
+# one BLAS thread (benchmarks/krr_solvers.py, CPU seconds iterative / dense): infinite NTK of an
+# MLP 0.35 at n = 4096 and 0.43 at 8192; the default cnn1d's eNTK (float32 rounding, a ridge
+# near its noise floor needs 400 iterations) 1.13 at 4096 and 1.04 at 8192. At 8192 PCG is no
+# slower to within noise, needs no n × n copy, and wins more as n grows (n² against n³).
+ITERATIVE_MIN_N = 8192
 SOLVERS = ("auto", "eigh", "cholesky", "iterative")
 
 
