@@ -121,6 +121,8 @@ class KernelRegressor:
 
         K may be a memmap; the iterative solver reads it in row blocks without a copy.
         """
+        if not isinstance(k_train, np.ndarray):
+            k_train = np.asarray(k_train, dtype=np.float64)
         n = k_train.shape[0]
         self.n_ = n
         self.solver_ = self.choose(n)
