@@ -12,20 +12,7 @@ from ntklab.data import cifar
 from ntklab.data.images import load_cifar5m
 from ntklab.data.registry import load_splits, training_read
 from ntklab.errors import DataError
-
-
-def make_parts(folder: Path, sizes: list[int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Parts in the CIFAR-5m format: even parts stored, odd parts deflated."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    xs, ys = [], []
-    for k, n in enumerate(sizes):
-        x = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-        y = rng.integers(0, 10, n)
-        (np.savez_compressed if k % 2 else np.savez)(folder / f"part{k}.npz", X=x, Y=y)
-        xs.append(x)
-        ys.append(y)
-    return np.concatenate(xs), np.concatenate(ys)
+from tiny import make_cifar5m
 
 
 @pytest.fixture
@@ -53,7 +40,7 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
 
 
 def test_class_filtered_load_reads_only_the_parts_it_needs(tmp_path: Path, spy: dict) -> None:
-    x, y = make_parts(tmp_path, [60, 60, 60, 40])
+    x, y = make_cifar5m(tmp_path, [60, 60, 60, 40])
     # part2 is garbage: any read of it fails, so a load that succeeds never touched it
     (tmp_path / "part2.npz").write_bytes(b"not a zip file" * 100)
     n_test = 10
@@ -80,7 +67,7 @@ def test_class_filtered_load_reads_only_the_parts_it_needs(tmp_path: Path, spy: 
 
 
 def test_stored_and_compressed_parts_give_the_same_rows(tmp_path: Path) -> None:
-    x, y = make_parts(tmp_path, [50, 50, 30])
+    x, y = make_cifar5m(tmp_path, [50, 50, 30])
     keep = np.flatnonzero(np.isin(y[:120], [0, 7, 9]))
     ds = load_cifar5m(tmp_path, n_train=len(keep), n_test=10, classes=[0, 7, 9])
     np.testing.assert_array_equal(ds.y_train, y[keep])
@@ -91,7 +78,7 @@ def test_stored_and_compressed_parts_give_the_same_rows(tmp_path: Path) -> None:
 
 def test_config_classes_stream_through_the_registry(tmp_path: Path, monkeypatch, spy: dict) -> None:
     monkeypatch.setattr(cifar, "TAKE_CHUNK_BYTES", 5 * 3072)  # several chunks per deflated part
-    x, y = make_parts(tmp_path, [300, 300, 300, 10_000])
+    x, y = make_cifar5m(tmp_path, [300, 300, 300, 10_000])
     (tmp_path / "part2.npz").write_bytes(b"\0" * 1000)
     cfg = DataConfig(name="cifar5m", path=str(tmp_path), classes=[[1, 2], 8], n_min=16, n_max=96, n_val=32)
     assert training_read(cfg) == 96 + 32  # images of the classes, part of every unit's key

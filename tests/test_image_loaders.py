@@ -21,6 +21,7 @@ from ntklab.data.images import (
 )
 from ntklab.data.zca import fit_zca
 from ntklab.errors import ConfigError, DataError
+from tiny import make_cifar5m
 
 BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 
@@ -208,20 +209,6 @@ def test_n_train_checks(cifar_subset: Path) -> None:
 
 
 # ------------------------------------------------------------------------------ CIFAR-5m
-
-
-def make_cifar5m(folder: Path, sizes: list[int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    xs, ys = [], []
-    for k, n in enumerate(sizes):
-        x = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-        y = rng.integers(0, 10, n)
-        save = np.savez_compressed if k % 2 else np.savez  # both stored and deflated members
-        save(folder / f"part{k}.npz", X=x, Y=y)
-        xs.append(x)
-        ys.append(y)
-    return np.concatenate(xs), np.concatenate(ys)
 
 
 def test_cifar5m_round_trip(tmp_path: Path) -> None:
