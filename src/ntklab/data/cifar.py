@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from ntklab.errors import DataError
+from ntklab.npy_header import read_npy_header
 
 CIFAR10_CLASS_NAMES: tuple[str, ...] = (
     "airplane",
@@ -346,13 +347,10 @@ TAKE_CHUNK_BYTES = 64 * 2**20  # a compressed part is decompressed this many byt
 
 def _npy_header(f: Any, label: str) -> tuple[tuple[int, ...], np.dtype, int]:
     """Read the header of an ``.npy`` stream; return (shape, dtype, data offset)."""
-    version = np.lib.format.read_magic(f)
-    if version == (1, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-    elif version == (2, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-    else:
-        raise DataError(f"CIFAR-5m array {label} uses .npy format {version}; expected 1.0 or 2.0.")
+    try:
+        shape, fortran, dtype = read_npy_header(f)
+    except ValueError as exc:
+        raise DataError(f"CIFAR-5m array {label} uses {exc}.") from None
     if fortran and len(shape) > 1:
         raise DataError(f"CIFAR-5m array {label} is stored in Fortran order; expected C order.")
     if dtype.hasobject:

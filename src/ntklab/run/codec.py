@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from ntklab.npy_header import read_npy_header
+
 FORMAT = 1
 _LEN = struct.Struct("<Q")
 
@@ -138,13 +140,10 @@ def _read_array(blobs: memoryview, span: Any) -> np.ndarray:
     if offset + length > len(blobs):
         raise DecodeError("an array lies outside the payload")
     f = io.BytesIO(blobs[offset : offset + length])
-    version = np.lib.format.read_magic(f)
-    if version == (1, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-    elif version == (2, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-    else:
-        raise DecodeError(f"unsupported .npy version {version}")
+    try:
+        shape, fortran, dtype = read_npy_header(f)
+    except ValueError as exc:
+        raise DecodeError(f"unsupported array: {exc}") from None
     if dtype.hasobject:
         raise DecodeError("an array of Python objects")
     count = math.prod(shape)
