@@ -267,13 +267,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dense-ridges", type=int, default=0, help="time dense on this many ridges")
     parser.add_argument("--threads", type=int, default=1, help="BLAS threads (1: fair on a shared machine)")
     args = parser.parse_args(argv)
-    from threadpoolctl import threadpool_limits
+    # load every BLAS (numpy's, and SciPy's own OpenBLAS behind scipy.linalg) before limiting
+    # threads: threadpoolctl limits only the libraries loaded when it is entered
+    import scipy.linalg  # noqa: F401
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    import ntklab.regress  # noqa: F401
 
     def items(text: str) -> list[tuple[str, int]]:
         return [(a, int(b)) for a, b in (x.split(":") for x in text.split(",") if x)]
 
     with threadpool_limits(args.threads, user_api="blas"):
-        print(json.dumps(machine(args.threads)), flush=True)
+        info = machine(args.threads)
+        info["blas_libraries"] = [
+            {"library": i["internal_api"], "threads": i["num_threads"], "path": Path(i["filepath"]).name}
+            for i in threadpool_info()
+            if i["user_api"] == "blas"
+        ]
+        print(json.dumps(info), flush=True)
         for kind, n in items(args.build):
             _, info = build_kernel(kind, n)
             print(json.dumps(info), flush=True)

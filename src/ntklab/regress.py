@@ -46,12 +46,13 @@ from ntklab import pcg
 
 EIGH_COST = 30.0  # eigh costs about this many Cholesky factorizations (measured on 2 cores)
 DEFAULT_BUDGET_MB = 2048  # kernel.memory_budget_mb's default
-# From here ``auto`` takes PCG even when the dense solve fits. Measured on the 8-ridge grid with
-# one BLAS thread (benchmarks/krr_solvers.py, CPU seconds iterative / dense): infinite NTK of an
-# MLP 0.35 at n = 4096 and 0.43 at 8192; the default cnn1d's eNTK (float32 rounding, a ridge
-# near its noise floor needs 400 iterations) 1.13 at 4096 and 1.04 at 8192. At 8192 PCG is no
-# slower to within noise, needs no n × n copy, and wins more as n grows (n² against n³).
-ITERATIVE_MIN_N = 8192
+# From here ``auto`` takes PCG even when the dense solve fits the budget (with the default 2048
+# MB it stops fitting at n = 11,586). Measured on the 8-ridge grid, one BLAS thread, seconds
+# iterative / dense (benchmarks/krr_solvers.py): infinite NTK of an MLP 6.9 / 6.4 at n = 4096,
+# 28 / 42 at 8192, 103 / 331 at 16384; the default cnn1d's eNTK 25 / 6.4 at 4096, 106 / 62 at
+# 8192 (a ridge 3e-6·tr K/n above its rounding floor takes 400 iterations), 144 / >= 345 at
+# 16384. PCG costs ~n² per pass against n³ for a factorization, so it only gains from here.
+ITERATIVE_MIN_N = 16384
 SOLVERS = ("auto", "eigh", "cholesky", "iterative")
 
 
