@@ -201,12 +201,6 @@ def distance_slope(rows: list[dict[str, Any]], cfg: WidthScalingConfig) -> dict[
     return {"slope": -fit.alpha, "ci_low": ci[0], "ci_high": ci[1], "c": fit.a}
 
 
-def mean_at(rows: list[dict[str, Any]], method_name: str, metric: str, n: int) -> float | None:
-    """Mean over repetitions of ``metric`` of ``method_name`` at n (None if absent)."""
-    vals = [r["value"] for r in rows if r["method"] == method_name and r["metric"] == metric and r["n"] == n]
-    return float(np.mean(vals)) if vals else None
-
-
 def analyze(cfg: WidthScalingConfig, results: dict[str, Any], ctx: Any) -> tuple[list[dict], dict[str, Any]]:
     """Tidy rows and the summary (missing units are skipped).
 
@@ -216,7 +210,7 @@ def analyze(cfg: WidthScalingConfig, results: dict[str, Any], ctx: Any) -> tuple
     {"W": α of nn and entk, d, losses at the largest n}, ``widths``, ``probe_widths``,
     ``probe_size``, ``n_grid``.
     """
-    grid, n_max, p = cfg.data.n_grid(), cfg.data.n_max, cfg.probe_size
+    grid, p = cfg.data.n_grid(), cfg.probe_size
     rows: list[dict] = []
     spec = reference(cfg)
     ntk_probe: dict[int, np.ndarray] = {}
@@ -267,8 +261,8 @@ def analyze(cfg: WidthScalingConfig, results: dict[str, Any], ctx: Any) -> tuple
         if vals:
             distances[str(w)] = float(np.mean(vals))
     distances = dict(sorted(distances.items(), key=lambda kv: int(kv[0])))
-    methods = sorted({r["method"] for r in rows if r["metric"] == cfg.fit.metric})
-    at_max = {m: v for m in methods if (v := mean_at(rows, m, cfg.fit.metric, n_max)) is not None}
+    shared = common_summary(cfg, rows)
+    at_max = shared["test_loss_at_n_max"]
     per_width: dict[str, dict[str, Any]] = {}
     for w in cfg.widths:
         entry: dict[str, Any] = {}
@@ -289,15 +283,13 @@ def analyze(cfg: WidthScalingConfig, results: dict[str, Any], ctx: Any) -> tuple
     summary = {
         "exponents": exps,
         "differences": diffs,
-        **common_summary(cfg, rows),
+        **shared,
         DISTANCE: distances,
         f"{DISTANCE}_slope": distance_slope(rows, cfg),
-        "test_loss_at_n_max": at_max,
         "per_width": per_width,
         "widths": cfg.widths,
         "probe_widths": cfg.probe_widths,
         "probe_size": p,
-        "n_grid": grid,
     }
     return rows, summary
 
