@@ -115,8 +115,12 @@ class TrainResult:
 
     @property
     def final_train_loss(self) -> float:
-        """Mean mini-batch training loss over the last 10 % of the steps taken."""
-        return window_loss(self.history, self.steps, 0.0, 0.1)
+        """Mean mini-batch training loss over the last 10 % of the steps taken (the last
+        logged loss when no logged step falls in that window, as in a very short run)."""
+        loss = window_loss(self.history, self.steps, 0.0, 0.1)
+        if math.isnan(loss) and self.history:
+            return self.history[-1]["train_loss"]
+        return loss
 
     @property
     def still_falling(self) -> bool:
