@@ -93,7 +93,15 @@ def rows_of(path: Path) -> dict[tuple[str, ...], float]:
 def test_results_rows_are_the_pinned_ones(experiment: str, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("NTKLAB_CACHE_DIR", str(tmp_path / "cache"))
     sets = [f"experiment={experiment}", *COMMON, *CONFIGS[experiment]]
-    args = ["run", *[a for s in sets for a in ("--set", s)], "--out", str(tmp_path / "run"), "--workers", "1", "-q"]
+    args = [
+        "run",
+        *[a for s in sets for a in ("--set", s)],
+        "--out",
+        str(tmp_path / "run"),
+        "--workers",
+        "1",
+        "-q",
+    ]
     assert main(args) == 0
     got = tmp_path / "run" / "results.csv"
     pinned = PINNED / f"{experiment}.csv"
