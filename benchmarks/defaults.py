@@ -58,8 +58,9 @@ def mean_at_n_max(run: Path, metric: str) -> dict[str, float]:
 
 
 def run_default(name: str, out: Path) -> dict:
-    """Run one experiment default into a fresh store; its time and summary figures."""
-    env = {**os.environ, "NTKLAB_CACHE_DIR": str(out / "cache")}
+    """Run one experiment default with a store and data cache of its own (cold, nothing reused
+    from another experiment); its time and summary figures."""
+    env = {**os.environ, "NTKLAB_CACHE_DIR": str(out / f"cache-{name}")}  # cold: nothing shared
     t0 = time.perf_counter()
     proc = subprocess.run(
         [
