@@ -24,15 +24,9 @@ from ntklab.arch import cnn1d, mlp, myrtle
 from ntklab.arch.resnet import resnet18
 from ntklab.errors import NtkLabError
 from ntklab.kernels import empirical_ntk
-from ntklab.kernels.capture import ModelError, build_plan
-from ntklab.kernels.empirical import (
-    empirical_ntk_to_disk,
-    iter_row_blocks,
-    kernel_matmul,
-    load_kernel,
-    read_block,
-)
-from ntklab.kernels.jacobian import per_sample_jacobian
+from ntklab.kernels.empirical.checks import ModelError
+from ntklab.kernels.empirical.probe import build_plan
+from ntklab.kernels.empirical.storage import iter_row_blocks, kernel_matmul, load_kernel, read_block
 
 IMPLS = ("jacobian", "structured", "ntvp", "auto")
 MODES = ("full", "trace", "logit-sum", "single")
@@ -213,13 +207,6 @@ def test_recognised_layers_and_fallbacks(cases) -> None:
         isinstance(mod, (nn.Conv2d, nn.BatchNorm2d, nn.Linear)) for mod in cases["resnet18"][0].modules()
     )
     assert build_plan(cases["tokens"][0], cases["tokens"][1]).fallback == ["emb.weight"]
-
-
-def test_per_sample_jacobian_gram_matches_brute_force(cases) -> None:
-    m, x1, _, j1, _ = cases["cnn1d"]
-    j = per_sample_jacobian(m, x1)
-    assert j.shape == j1.shape
-    assert_close(torch.einsum("acp,bdp->abcd", j, j), brute_ntk(j1, j1, "full"))
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -411,9 +398,7 @@ def test_memmap_output_equals_in_memory_and_reads_back_in_blocks(tmp_path: Path)
     y = torch.randn(6, 3, 8, 8, dtype=torch.float64)
     for impl in ("auto", "jacobian", "ntvp"):
         ref = empirical_ntk(m, x, None, "full", implementation=impl, tile=4, progress=False).numpy()
-        mm = empirical_ntk_to_disk(
-            m, x, None, tmp_path / f"k_{impl}.npy", "full", implementation=impl, tile=4
-        )
+        mm = empirical_ntk(m, x, None, "full", implementation=impl, tile=4, out=tmp_path / f"k_{impl}.npy")
         assert isinstance(mm, np.memmap) and mm.dtype == np.float64
         np.testing.assert_array_equal(np.asarray(mm), ref)
     cross = empirical_ntk(m, y, x, tile=4, progress=False).numpy()

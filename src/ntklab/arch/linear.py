@@ -7,13 +7,17 @@
 (Conv, counting zero padding as inputs, as neural-tangents does). ``b_std=None`` means no bias;
 ``b_std=0`` keeps a bias parameter that starts at zero (it contributes to the NTK in
 ``standard`` parameterization, exactly as in neural-tangents).
+
+The torch modules declare ``entk_affine`` (``"dense"`` or ``"conv"``): the contract by which the
+eNTK capture reads their per-sample gradients from layer inputs and output gradients (see
+:mod:`ntklab.kernels.empirical.adapters`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +66,8 @@ class _Affine(nn.Module):
 class DenseModule(_Affine):
     """``y = w_scale · x Wᵀ + b_scale · b`` on inputs (N, D) -> (N, width)."""
 
+    entk_affine: ClassVar[str] = "dense"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x, self.weight) * self.w_scale
         if self.bias is not None:
@@ -71,6 +77,8 @@ class DenseModule(_Affine):
 
 class ConvModule(_Affine):
     """``y = w_scale · conv(pad(x), W) + b_scale · b`` on (N, C, *spatial) with explicit pads."""
+
+    entk_affine: ClassVar[str] = "conv"
 
     def __init__(self, *args: Any, stride: tuple[int, ...], pads: list[int], **kw: Any) -> None:
         super().__init__(*args, **kw)
