@@ -52,10 +52,6 @@ class Layer:
         """Propagate the infinite-width kernels through this layer."""
         raise ArchError(f"layer {self.name} has no infinite-width kernel map; use layers that do.")
 
-    def to_dict(self) -> dict[str, Any]:
-        """The layer dictionary (config format) that rebuilds this layer."""
-        raise NotImplementedError
-
 
 @dataclass(frozen=True)
 class Spec:
@@ -118,13 +114,6 @@ class Spec:
     ) -> dict[str, torch.Tensor]:
         """Infinite-width NNGP/NTK kernels of this architecture; see :func:`ntklab.kernels.infinite.kernel_fn`."""
         return kernel_fn(self, x1, x2, **kwargs)
-
-    def to_layers(self) -> list[dict[str, Any]]:
-        """Layer dictionaries (config format) describing this spec."""
-        return [layer.to_dict() for layer in self.layers]
-
-    def __add__(self, other: Spec) -> Spec:
-        return Spec(self.layers + other.layers)
 
 
 def serial(*layers: Layer | Spec) -> Spec:

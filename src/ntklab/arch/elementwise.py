@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -136,9 +135,6 @@ class _Pointwise(Layer):
 
     def out_shape(self, in_shape: Shape) -> Shape:
         return in_shape
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"layer": self.name}
 
     def kernel_map(self, state: KernelState) -> KernelState:
         """Kernels unchanged (the identity; Relu and Erf override it)."""

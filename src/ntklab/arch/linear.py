@@ -190,15 +190,6 @@ class Dense(Layer):
         new = _affine_map(state, torch.mul, 1, self.W_std, self.b_std, self.parameterization)
         return state.replace(**new, var1=None, var2=None, width=self.width)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "layer": "Dense",
-            "width": self.width,
-            "W_std": self.W_std,
-            "b_std": self.b_std,
-            "parameterization": self.parameterization,
-        }
-
 
 @dataclass(frozen=True)
 class Conv(Layer):
@@ -268,15 +259,3 @@ class Conv(Layer):
         )
         spatial = tuple(g[2] for g in geo)
         return state.replace(**new, var1=None, var2=None, spatial=spatial, width=self.width)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "layer": "Conv",
-            "width": self.width,
-            "kernel_size": list(self.kernel_size),
-            "stride": list(self.stride),
-            "padding": self.padding,
-            "W_std": self.W_std,
-            "b_std": self.b_std,
-            "parameterization": self.parameterization,
-        }

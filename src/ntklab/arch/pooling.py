@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -96,14 +96,6 @@ class AvgPool(Layer):
         spatial = tuple(g[2] for g in geo)
         return state.replace(**new, var1=None, var2=None, spatial=spatial)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "layer": "AvgPool",
-            "window": list(self.window),
-            "stride": list(self.stride),
-            "padding": self.padding,
-        }
-
 
 def _needs_spatial(name: str, in_shape: Shape) -> None:
     if len(in_shape) < 2:
@@ -137,9 +129,6 @@ class GlobalAvgPool(Layer):
         new = map_fields(state, lambda t: t.mean(dim=tuple(range(-2 * nd, 0))))
         return state.replace(**new, var1=None, var2=None, spatial=())
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"layer": "GlobalAvgPool"}
-
 
 @dataclass(frozen=True)
 class Flatten(Layer):
@@ -169,6 +158,3 @@ class Flatten(Layer):
 
         new = map_fields(state, diag_mean)
         return state.replace(**new, var1=None, var2=None, spatial=(), width=state.width * size)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"layer": "Flatten"}

@@ -91,7 +91,8 @@ def empirical_ntk(
         (logged at DEBUG on ``ntklab.kernels.empirical``).
     out : str or Path, optional
         Write the kernel tile by tile to this float64 ``.npy`` memmap instead of memory and
-        return the memmap (read it back with :mod:`ntklab.kernels.empirical.storage`).
+        return the memmap (a standard ``.npy`` file: ``numpy.load(out, mmap_mode="r")`` opens
+        it anywhere without loading it).
     stats : dict, optional
         Filled with timings (``features_s``, ``contract_s``), ``contract_flops``, the chosen
         ``implementation``, tile sizes and the cost estimates.

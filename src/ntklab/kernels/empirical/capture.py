@@ -71,7 +71,7 @@ def jacobian_layout(plan: ModelPlan, layers: Sequence[LayerPlan]) -> JacobianLay
     return JacobianLayout(blocks, fb, pos)
 
 
-def gram_inputs(lp: LayerPlan, a: torch.Tensor) -> torch.Tensor:
+def _gram_inputs(lp: LayerPlan, a: torch.Tensor) -> torch.Tensor:
     """``[w_s·a, b_s]`` (b, T, K') for the Gram route (see :class:`Factors`)."""
     parts = []
     if lp.weight:
@@ -113,7 +113,7 @@ def capture_into(
                 for lp in plan.layers:
                     a = lp.adapter.inputs(calls[lp.name][0][0].detach())
                     if lp.name in gram_names:
-                        a = gram_inputs(lp, a)
+                        a = _gram_inputs(lp, a)
                     acts.append(a)
             del calls
             ds: dict[str, list[torch.Tensor]] = {n: [] for n in gram_names}

@@ -84,6 +84,8 @@ class ModelPlan:
         Scalars of all module outputs for one sample (a proxy for forward memory).
     fallback_vmap : bool
         Whether the fallback uses ``torch.func`` (False after it failed on this model).
+    fallback_checked : bool
+        Whether the ``torch.func`` fallback was checked against autograd on this model.
     """
 
     model: nn.Module

@@ -1,13 +1,32 @@
-"""Where the eNTK goes: a float64 tensor on the device, or a float64 ``.npy`` memmap on disk."""
+"""Where the eNTK goes: a float64 tensor on the device, or a float64 ``.npy`` memmap on disk.
+
+A kernel too large for memory is written tile by tile to a standard ``.npy`` file, so
+``numpy.load(path, mmap_mode="r")`` opens it anywhere without loading it.
+"""
 
 from __future__ import annotations
 
+import mmap
 from pathlib import Path
 
 import numpy as np
 import torch
+from numpy.lib.format import open_memmap
 
-from ntklab.kernels.empirical.storage import open_kernel, release
+
+def _release(mm: np.memmap) -> None:
+    """Write dirty pages to disk and drop them from this process's resident memory.
+
+    The pages stay in the OS page cache; without this, every page written counts toward the
+    process's RSS until the memmap is closed.
+    """
+    mm.flush()
+    raw = getattr(mm, "_mmap", None)
+    if raw is not None and hasattr(mmap, "MADV_DONTNEED"):
+        try:
+            raw.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):
+            pass
 
 
 class KernelSink:
@@ -23,7 +42,10 @@ class KernelSink:
         self.full = len(shape) == 4
         self.flush_bytes = max(1, flush_bytes)
         self.pending = 0
-        self.mm = None if path is None else open_kernel(path, shape)
+        self.mm = None
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.mm = open_memmap(Path(path), mode="w+", dtype=np.float64, shape=shape)
         self.t = torch.zeros(shape, dtype=torch.float64, device=device) if path is None else None
 
     def write(self, i0: int, i1: int, j0: int, j1: int, blk: torch.Tensor, mirror: bool) -> None:
@@ -45,7 +67,7 @@ class KernelSink:
     def panel_done(self) -> None:
         """Flush the memmap's written pages and drop them from this process's memory."""
         if self.mm is not None:
-            release(self.mm)
+            _release(self.mm)
             self.pending = 0
 
     def result(self) -> torch.Tensor | np.memmap:
