@@ -57,9 +57,9 @@ class KernelState:
     Examples
     --------
     >>> import torch
-    >>> from ntklab.arch.elementwise import relu
+    >>> from ntklab.arch import Relu
     >>> from ntklab.kernels.infinite import input_state
-    >>> s = relu(input_state(torch.randn(4, 3, 8), torch.randn(2, 3, 8)))
+    >>> s = Relu().kernel_map(input_state(torch.randn(4, 3, 8), torch.randn(2, 3, 8)))
     >>> tuple(s.nngp.shape), tuple(s.cov1.shape), s.spatial, s.width
     ((4, 2, 8, 8), (4, 8, 8), (8,), 3)
     """

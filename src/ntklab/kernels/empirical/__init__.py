@@ -148,13 +148,12 @@ def empirical_ntk(
             log.debug("eNTK layer %s", line)
         sink = KernelSink(shape, out, plan.device, int(FLUSH_SHARE * budget))
         job = Job(plan, x1, x2, sym, output_mode, budget, tile, progress, sink)
-        job.stats.implementation = route.implementation
         (run_ntvp if route.implementation == "ntvp" else run_features)(job)
         res = sink.result()
     st = job.stats
     if stats is not None:
         stats.update(
-            implementation=st.implementation,
+            implementation=route.implementation,
             features_s=st.features_s,
             contract_s=st.contract_s,
             contract_flops=st.contract_flops,

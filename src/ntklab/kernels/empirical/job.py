@@ -18,8 +18,6 @@ class Stats:
 
     Attributes
     ----------
-    implementation : {"jacobian", "structured", "ntvp"}
-        The route that ran.
     tiles, panel, chunk : int
         Blocks computed; samples per row panel and per column chunk (``ntvp``: per tile).
     features_s, contract_s : float
@@ -28,7 +26,6 @@ class Stats:
         Flops of the contractions' matrix products.
     """
 
-    implementation: str = ""
     tiles: int = 0
     panel: int = 0
     chunk: int = 0
