@@ -39,8 +39,9 @@ from torch.func import functional_call, jacrev, vmap
 
 from ntklab.arch import cnn1d, mlp, myrtle
 from ntklab.kernels import empirical_ntk
-from ntklab.kernels.capture import build_plan, cotangents
-from ntklab.kernels.tiling import choose_route
+from ntklab.kernels.empirical.mode import Mode
+from ntklab.kernels.empirical.probe import build_plan
+from ntklab.kernels.empirical.route import choose_route
 
 # ----------------------------------------------------------------------------- defaults
 MODE = "trace"
@@ -88,8 +89,7 @@ def inputs(shape: tuple[int, ...], n: int) -> torch.Tensor:
 def estimate_seconds(model: nn.Module, x: torch.Tensor, impl: str, gflops: float) -> float:
     """Cost-model estimate (flops / rate) of one implementation on x (symmetric)."""
     plan = build_plan(model, x[:3])
-    n_cot = cotangents(MODE, None, plan.n_outputs, x).shape[0]
-    route = choose_route(plan, MODE, n_cot, len(x), len(x), True, BUDGET, impl)
+    route = choose_route(plan, Mode.of(MODE, None, plan.n_outputs), len(x), len(x), True, BUDGET, impl)
     key = impl if impl in route.flops else "auto"
     return route.flops[key] / (gflops * 1e9)
 

@@ -60,12 +60,27 @@ def test_zoo_shapes() -> None:
     assert myrtle(10, 8).module((3, 32, 32))(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
-def test_layer_dicts_round_trip_and_defaults() -> None:
+def test_layer_dicts_build_the_spec_and_defaults() -> None:
     spec = serial(
         Conv(4, (3, 3), (1, 1), "SAME", 1.4, 0.1), Relu(), AvgPool((2, 2)), GlobalAvgPool(), Dense(3)
     )
-    again = from_layers(spec.to_layers())
-    assert again == spec
+    layers = [
+        {
+            "layer": "Conv",
+            "width": 4,
+            "kernel_size": [3, 3],
+            "stride": [1, 1],
+            "padding": "SAME",
+            "W_std": 1.4,
+            "b_std": 0.1,
+            "parameterization": "ntk",
+        },
+        {"layer": "Relu"},
+        {"layer": "AvgPool", "window": [2, 2], "stride": [2, 2], "padding": "VALID"},
+        {"layer": "GlobalAvgPool"},
+        {"layer": "Dense", "width": 3, "W_std": 1.0, "b_std": 0.0, "parameterization": "ntk"},
+    ]
+    assert from_layers(layers) == spec
     d = from_layers([{"layer": "Dense", "width": 5}]).layers[0]
     assert (d.W_std, d.b_std, d.parameterization) == (1.0, 0.0, "ntk")
 

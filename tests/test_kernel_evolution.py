@@ -21,7 +21,7 @@ from ntklab.experiments import kernel_evolution as ke
 from ntklab.experiments.common import batch_seed, init_model
 from ntklab.experiments.evolution_units import checkpoint_kernels, probe_kernel
 from ntklab.kernels import empirical_ntk
-from ntklab.kernels.metrics import alignment, kernel_angle, kernel_distance, kernel_velocity
+from ntklab.kernels.metrics import alignment, kernel_angle, kernel_distance
 from ntklab.run.context import RunContext
 from ntklab.run.executors import unit_environment
 from ntklab.train import lr_factor, train
@@ -104,8 +104,8 @@ def test_angular_velocity_does_not_depend_on_dt_for_steady_rotation() -> None:
     for dt in (0.5, 2.0, 8.0):
         (w,) = ke.angular_velocities([rotated(0.2), rotated(0.2 + rate * dt)], [0.0, dt])
         assert w == pytest.approx(rate, rel=1e-9)
-    v_short = kernel_velocity(rotated(0.2), rotated(0.2 + rate), 1.0)
-    v_long = kernel_velocity(rotated(0.2), rotated(0.2 + 8 * rate), 8.0)
+    v_short = kernel_distance(rotated(0.2), rotated(0.2 + rate)) / 1.0
+    v_long = kernel_distance(rotated(0.2), rotated(0.2 + 8 * rate)) / 8.0
     assert v_long > 5 * v_short
 
 
@@ -146,7 +146,7 @@ def test_log_spaced_checkpoints_would_mislead_velocity_but_not_the_verdict() -> 
     assert speed[0] / speed[1] > 30
     log_e = [0.0, *np.geomspace(0.1, 100, 8)]
     ks = trajectory(phi, np.asarray(log_e))
-    v = [kernel_velocity(a, b, e1 - e0) for a, b, e0, e1 in zip(ks, ks[1:], log_e, log_e[1:])]
+    v = [kernel_distance(a, b) / float(e1 - e0) for a, b, e0, e1 in zip(ks, ks[1:], log_e, log_e[1:])]
     assert v[-1] > v[-2]  # the longest, slowest interval reads faster than the one before
     assert (
         ke.grid_motion(trajectory(phi, np.linspace(0, 100, 17)), list(np.linspace(0, 100, 17)))["verdict"]

@@ -1,4 +1,4 @@
-"""Kernel distance, velocity, alignment: definitions checked on known cases."""
+"""Kernel distance, alignment, relative error, spectrum: definitions checked on known cases."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ntklab.kernels.metrics import alignment, kernel_distance, kernel_velocity, relative_error, spectrum
+from ntklab.kernels.metrics import alignment, kernel_distance, relative_error, spectrum
 
 
 def psd(seed: int, n: int = 6, r: int = 4) -> np.ndarray:
@@ -22,11 +22,6 @@ def test_distance_properties(s1: int, s2: int, c: float) -> None:
     assert abs(kernel_distance(a, c * a)) < 1e-12
     assert abs(kernel_distance(a, b) - kernel_distance(b, a)) < 1e-12
     assert -1e-12 <= kernel_distance(a, b) <= 1 + 1e-12
-
-
-def test_velocity_is_distance_per_epoch() -> None:
-    a, b = psd(1), psd(2)
-    assert kernel_velocity(a, b, 0.5) == 2 * kernel_distance(a, b)
 
 
 def test_alignment_by_hand() -> None:

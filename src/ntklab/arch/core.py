@@ -4,11 +4,13 @@ Every layer is a small frozen dataclass that knows how to
 
 * compute its output shape from its input shape (``out_shape``),
 * build its torch module in ``ntk`` or ``standard`` parameterization (``module``),
-* propagate infinite-width NNGP/NTK kernels (``kernel_map``, see ``ntklab.kernels.infinite``).
+* propagate infinite-width NNGP/NTK kernels (``kernel_map``, on a
+  :class:`~ntklab.kernels.state.KernelState`; the map lives beside the layer's module).
 
 A :class:`Spec` is a sequence of layers (``serial``); it builds the ``nn.Module`` and the
-infinite-width ``kernel_fn`` from the same fields, so the network, its eNTK and its NTK cannot
-drift apart (the idea of neural-tangents' ``stax``).
+infinite-width ``kernel_fn`` (:mod:`ntklab.kernels.infinite` composes the layers' maps) from the
+same fields, so the network, its eNTK and its NTK cannot drift apart (the idea of
+neural-tangents' ``stax``).
 
 Shapes are torch layout without the batch axis: ``(D,)``, ``(C, L)``, ``(C, H, W)``.
 """
@@ -17,15 +19,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from ntklab.errors import ArchError
-
-if TYPE_CHECKING:
-    from ntklab.kernels.infinite import KernelState
+from ntklab.kernels.infinite import kernel_fn
+from ntklab.kernels.state import KernelState
 
 Shape = tuple[int, ...]
 
@@ -50,10 +51,6 @@ class Layer:
     def kernel_map(self, state: KernelState) -> KernelState:
         """Propagate the infinite-width kernels through this layer."""
         raise ArchError(f"layer {self.name} has no infinite-width kernel map; use layers that do.")
-
-    def to_dict(self) -> dict[str, Any]:
-        """The layer dictionary (config format) that rebuilds this layer."""
-        raise NotImplementedError
 
 
 @dataclass(frozen=True)
@@ -84,6 +81,24 @@ class Spec:
         """Output shape (no batch axis) for one input of shape ``input_shape``."""
         return self.shapes(input_shape)[-1]
 
+    def kernel_shapes(self, input_shape: Sequence[int]) -> list[Shape]:
+        """:meth:`shapes`, checked for the infinite-width kernels: ArchError when a layer has no
+        kernel map or the output is not a flat vector."""
+        shapes = self.shapes(input_shape)
+        for i, layer in enumerate(self.layers):
+            if type(layer).kernel_map is Layer.kernel_map:
+                raise ArchError(
+                    f"layer {i} ({layer.name}) on input shape {shapes[i]} has no infinite-width kernel map; "
+                    "use Dense, Conv, Relu, Erf, Identity, AvgPool, GlobalAvgPool or Flatten."
+                )
+        if len(shapes[-1]) != 1:
+            last = self.layers[-1]
+            raise ArchError(
+                f"the last layer {len(self.layers) - 1} ({last.name}) outputs shape {shapes[-1]}, not a flat "
+                "vector; end the spec with GlobalAvgPool or Flatten and a Dense readout."
+            )
+        return shapes
+
     def module(self, input_shape: Sequence[int], seed: int = 0) -> nn.Sequential:
         """Build the network for inputs of shape ``(N, *input_shape)``, initialised from ``seed``.
 
@@ -94,18 +109,11 @@ class Spec:
         mods = [layer.module(shapes[i], gen) for i, layer in enumerate(self.layers)]
         return nn.Sequential(*mods)
 
-    def kernel_fn(self, x1: torch.Tensor, x2: torch.Tensor | None = None, **kwargs: Any):
-        """Infinite-width NNGP/NTK kernels of this architecture; see ``ntklab.kernels.infinite``."""
-        from ntklab.kernels.infinite import kernel_fn
-
+    def kernel_fn(
+        self, x1: torch.Tensor, x2: torch.Tensor | None = None, **kwargs: Any
+    ) -> dict[str, torch.Tensor]:
+        """Infinite-width NNGP/NTK kernels of this architecture; see :func:`ntklab.kernels.infinite.kernel_fn`."""
         return kernel_fn(self, x1, x2, **kwargs)
-
-    def to_layers(self) -> list[dict[str, Any]]:
-        """Layer dictionaries (config format) describing this spec."""
-        return [layer.to_dict() for layer in self.layers]
-
-    def __add__(self, other: Spec) -> Spec:
-        return Spec(self.layers + other.layers)
 
 
 def serial(*layers: Layer | Spec) -> Spec:

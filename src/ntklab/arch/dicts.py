@@ -1,4 +1,4 @@
-"""Layer dictionaries (the config format) <-> layer objects.
+"""Layer dictionaries (the config format) -> layer objects.
 
 Format::
 

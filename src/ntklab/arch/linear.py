@@ -7,24 +7,43 @@
 (Conv, counting zero padding as inputs, as neural-tangents does). ``b_std=None`` means no bias;
 ``b_std=0`` keeps a bias parameter that starts at zero (it contributes to the NTK in
 ``standard`` parameterization, exactly as in neural-tangents).
+
+Infinite-width kernel maps (neural-tangents 0.6.5 ``stax.Dense``/``stax.Conv``, Novak et al.
+2020, arXiv:1912.02803), with ``A`` the (diagonal) window average (the identity for Dense):
+
+* ``ntk``::
+
+      NNGP_out = W_std² · A(NNGP_in) + b_std²
+      NTK_out  = NNGP_out + W_std² · A(NTK_in)
+
+* ``standard`` (Sohl-Dickstein et al. 2020, arXiv:2001.07301), with ``fan_in = C_in ·
+  prod(kernel_size)`` the *finite* fan-in and ``[bias] = 1`` when the layer has a bias
+  (``b_std is not None``, even ``b_std == 0``)::
+
+      NNGP_out = W_std² · A(NNGP_in) + b_std²
+      NTK_out  = fan_in · A(NNGP_in) + W_std² · A(NTK_in) + [bias]
+
+The torch modules declare ``entk_affine`` (``"dense"`` or ``"conv"``): the contract by which the
+eNTK capture reads their per-sample gradients from layer inputs and output gradients (see
+:mod:`ntklab.kernels.empirical.adapters`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ntklab.arch.core import Layer, Shape
-from ntklab.arch.padding import conv_out_shape, explicit_pads, normalize_tuple, pad_input
+from ntklab.arch.kernel_ops import check_spatial, is_zero, pair_axes, window_sum
+from ntklab.arch.padding import conv_out_shape, explicit_pads, normalize_tuple, pad_input, pads_1d
 from ntklab.errors import ArchError
-
-if TYPE_CHECKING:
-    from ntklab.kernels.infinite import KernelState
+from ntklab.kernels.state import KernelState
 
 Parameterization = Literal["ntk", "standard"]
 
@@ -62,6 +81,8 @@ class _Affine(nn.Module):
 class DenseModule(_Affine):
     """``y = w_scale · x Wᵀ + b_scale · b`` on inputs (N, D) -> (N, width)."""
 
+    entk_affine: ClassVar[str] = "dense"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x, self.weight) * self.w_scale
         if self.bias is not None:
@@ -71,6 +92,8 @@ class DenseModule(_Affine):
 
 class ConvModule(_Affine):
     """``y = w_scale · conv(pad(x), W) + b_scale · b`` on (N, C, *spatial) with explicit pads."""
+
+    entk_affine: ClassVar[str] = "conv"
 
     def __init__(self, *args: Any, stride: tuple[int, ...], pads: list[int], **kw: Any) -> None:
         super().__init__(*args, **kw)
@@ -83,6 +106,49 @@ class ConvModule(_Affine):
         if self.bias is not None:
             y = y + self.b_scale * self.bias.view(-1, *([1] * len(self.stride)))
         return y
+
+
+def _affine_map(
+    state: KernelState,
+    tap_sum: Callable[[torch.Tensor, float], torch.Tensor],
+    taps: int,
+    W_std: float,
+    b_std: float | None,
+    parameterization: str,
+) -> dict[str, torch.Tensor | None]:
+    """Shared Dense/Conv update given ``tap_sum(t, α) = α Σ_d t`` (a new tensor; A = Σ_d / taps)."""
+    w2 = float(W_std) ** 2
+    b2 = 0.0 if b_std is None else float(b_std) ** 2
+    scale = w2 / taps
+
+    def cov_map(t: torch.Tensor) -> torch.Tensor:
+        s = tap_sum(t, scale)
+        return s.add_(b2) if b2 else s
+
+    out: dict[str, torch.Tensor | None] = {"nngp": None, "ntk": state.ntk}
+    ntk_in = state.ntk
+    if state.nngp is not None and parameterization == "ntk":
+        # NNGP' = W² A(K) + b²;  NTK' = NNGP' + W² A(Θ)
+        nngp = cov_map(state.nngp)
+        out["nngp"] = nngp
+        if ntk_in is not None:
+            out["ntk"] = nngp if is_zero(ntk_in) else tap_sum(ntk_in, scale).add_(nngp)
+    elif state.nngp is not None:
+        # NNGP' = W² A(K) + b²;  NTK' = fan_in A(K) + W² A(Θ) + [bias], fan_in·A = C_in·Σ_d
+        sk = tap_sum(state.nngp, 1.0)
+        nngp = sk * scale
+        out["nngp"] = nngp.add_(b2) if b2 else nngp
+        if ntk_in is not None:
+            ntk = sk.mul_(state.width)
+            if not is_zero(ntk_in):
+                ntk.add_(tap_sum(ntk_in, scale))
+            out["ntk"] = ntk.add_(1.0) if b_std is not None else ntk
+    out["cov1"] = None if state.cov1 is None else cov_map(state.cov1)
+    if state.cov2 is state.cov1:  # x2 is x1: one self covariance
+        out["cov2"] = out["cov1"]
+    else:
+        out["cov2"] = None if state.cov2 is None else cov_map(state.cov2)
+    return out
 
 
 @dataclass(frozen=True)
@@ -116,18 +182,13 @@ class Dense(Layer):
         )
 
     def kernel_map(self, state: KernelState) -> KernelState:
-        from ntklab.kernels import infinite
-
-        return infinite.dense(state, self)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "layer": "Dense",
-            "width": self.width,
-            "W_std": self.W_std,
-            "b_std": self.b_std,
-            "parameterization": self.parameterization,
-        }
+        """``ntk``: ``NNGP' = W_std² K + b_std²``, ``NTK' = NNGP' + W_std² Θ``;
+        ``standard``: ``NTK' = D · K + W_std² Θ + [bias]`` with ``D = state.width`` the finite
+        input width. Shapes are unchanged: (n1, n2), (n1,), (n2,).
+        """
+        check_spatial("Dense", state, 0)
+        new = _affine_map(state, torch.mul, 1, self.W_std, self.b_std, self.parameterization)
+        return state.replace(**new, var1=None, var2=None, width=self.width)
 
 
 @dataclass(frozen=True)
@@ -173,18 +234,28 @@ class Conv(Layer):
         )
 
     def kernel_map(self, state: KernelState) -> KernelState:
-        from ntklab.kernels import infinite
+        """Convolution (1D or 2D, any kernel size and stride, XLA ``SAME`` or ``VALID`` padding).
 
-        return infinite.conv(state, self)
+        With ``A(K)[q, q'] = (1/prod(k)) Σ_d K[s·q + d - lo, s·q' + d - lo]`` (the same filter
+        offset ``d`` on both positions; zeros outside the input, ``lo`` the XLA low pad), the
+        map of :meth:`Dense.kernel_map` holds with ``K, Θ`` replaced by ``A(K), A(Θ)`` and ``D``
+        by ``fan_in = C_in · prod(k)`` (Novak et al. 2019 arXiv:1810.05148; Arora et al. 2019
+        CNTK). ``A`` factorizes over spatial dims and is computed as ``k`` strided adds per dim.
+        Shapes ``(..., *S, *S) -> (..., *S_out, *S_out)``.
+        """
+        nd = len(self.kernel_size)
+        check_spatial("Conv", state, nd)
+        geo = [
+            pads_1d(n, k, s, self.padding) for n, k, s in zip(state.spatial, self.kernel_size, self.stride)
+        ]
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "layer": "Conv",
-            "width": self.width,
-            "kernel_size": list(self.kernel_size),
-            "stride": list(self.stride),
-            "padding": self.padding,
-            "W_std": self.W_std,
-            "b_std": self.b_std,
-            "parameterization": self.parameterization,
-        }
+        def diagonal_sum(t: torch.Tensor, alpha: float) -> torch.Tensor:
+            for dim, ((lo, _, out), k, s) in enumerate(zip(geo, self.kernel_size, self.stride)):
+                t = window_sum(t, pair_axes(t, nd, dim), k, s, lo, out, alpha if dim == nd - 1 else 1.0)
+            return t
+
+        new = _affine_map(
+            state, diagonal_sum, math.prod(self.kernel_size), self.W_std, self.b_std, self.parameterization
+        )
+        spatial = tuple(g[2] for g in geo)
+        return state.replace(**new, var1=None, var2=None, spatial=spatial, width=self.width)

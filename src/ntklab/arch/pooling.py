@@ -1,21 +1,25 @@
-"""Parameter-free spatial layers: AvgPool, GlobalAvgPool, Flatten."""
+"""Parameter-free spatial layers: AvgPool, GlobalAvgPool, Flatten, with their kernel maps.
+
+Each infinite-width kernel map is linear in the position-pair arrays (neural-tangents 0.6.5
+``stax.AvgPool``, ``stax.GlobalAvgPool``, ``stax.Flatten``) and applies alike to the NNGP, the
+NTK and both self covariances.
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ntklab.arch.core import Layer, Shape
-from ntklab.arch.padding import conv_out_shape, explicit_pads, normalize_tuple, pad_input
+from ntklab.arch.kernel_ops import check_spatial, map_fields, pair_axes, window_sum
+from ntklab.arch.padding import conv_out_shape, explicit_pads, normalize_tuple, pad_input, pads_1d
 from ntklab.errors import ArchError
-
-if TYPE_CHECKING:
-    from ntklab.kernels.infinite import KernelState
+from ntklab.kernels.state import KernelState
 
 
 class AvgPoolModule(nn.Module):
@@ -70,17 +74,27 @@ class AvgPool(Layer):
         )
 
     def kernel_map(self, state: KernelState) -> KernelState:
-        from ntklab.kernels import infinite
+        """Average pooling (``normalize_edges=False``: zero padding counts in the mean).
 
-        return infinite.avg_pool(state, self)
+        ``K'[q, q'] = (1/prod(w)²) Σ_d Σ_d' K[s·q + d - lo, s·q' + d' - lo]``: the pooling
+        matrix applied on both position indices (separately per axis);
+        ``(..., *S, *S) -> (..., *S_out, *S_out)``.
+        """
+        nd = len(self.window)
+        check_spatial("AvgPool", state, nd)
+        geo = [pads_1d(n, k, s, self.padding) for n, k, s in zip(state.spatial, self.window, self.stride)]
+        norm = 1.0 / math.prod(self.window) ** 2
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "layer": "AvgPool",
-            "window": list(self.window),
-            "stride": list(self.stride),
-            "padding": self.padding,
-        }
+        def pool(t: torch.Tensor) -> torch.Tensor:
+            for dim, ((lo, _, out), k, s) in enumerate(zip(geo, self.window, self.stride)):
+                a, b = pair_axes(t, nd, dim)
+                t = window_sum(t, (a,), k, s, lo, out)
+                t = window_sum(t, (b,), k, s, lo, out, norm if dim == nd - 1 else 1.0)
+            return t
+
+        new = map_fields(state, pool)
+        spatial = tuple(g[2] for g in geo)
+        return state.replace(**new, var1=None, var2=None, spatial=spatial)
 
 
 def _needs_spatial(name: str, in_shape: Shape) -> None:
@@ -103,12 +117,17 @@ class GlobalAvgPool(Layer):
         return GlobalAvgPoolModule()
 
     def kernel_map(self, state: KernelState) -> KernelState:
-        from ntklab.kernels import infinite
+        """Mean over all spatial positions: ``K'[a, b] = mean_{p, p'} K[a, b, p, p']``.
 
-        return infinite.global_avg_pool(state)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"layer": "GlobalAvgPool"}
+        ``(..., *S, *S) -> (...)``; ``width`` (channels) is unchanged.
+        """
+        nd = len(state.spatial)
+        if nd == 0:
+            raise ArchError(
+                f"GlobalAvgPool kernel map takes (C, L) or (C, H, W) activations but got shape ({state.width},)."
+            )
+        new = map_fields(state, lambda t: t.mean(dim=tuple(range(-2 * nd, 0))))
+        return state.replace(**new, var1=None, var2=None, spatial=())
 
 
 @dataclass(frozen=True)
@@ -124,9 +143,18 @@ class Flatten(Layer):
         return FlattenModule()
 
     def kernel_map(self, state: KernelState) -> KernelState:
-        from ntklab.kernels import infinite
+        """``K'[a, b] = mean_p K[a, b, p, p]``: the mean of the position diagonal (independent
+        of the flatten order); ``width`` becomes ``C · prod(S)``, the fan-in of the next Dense.
+        No-op on (D,).
+        """
+        nd = len(state.spatial)
+        if nd == 0:
+            return state.replace(var1=None, var2=None)
+        size = math.prod(state.spatial)
 
-        return infinite.flatten(state)
+        def diag_mean(t: torch.Tensor) -> torch.Tensor:
+            lead = t.shape[: t.ndim - 2 * nd]
+            return t.reshape(*lead, size, size).diagonal(dim1=-2, dim2=-1).mean(-1)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"layer": "Flatten"}
+        new = map_fields(state, diag_mean)
+        return state.replace(**new, var1=None, var2=None, spatial=(), width=state.width * size)

@@ -44,6 +44,7 @@ from ntklab.experiments.data_scaling import (
 )
 from ntklab.experiments.tidy import differences, exponents, row
 from ntklab.experiments.units import entk_kernel_fn, train_on
+from ntklab.kernels.empirical.mode import Mode
 from ntklab.kernels.metrics import kernel_distance, relative_error
 from ntklab.run.units import Unit
 from ntklab.scaling import fit_with_ci
@@ -181,7 +182,7 @@ def plan(cfg: WidthScalingConfig) -> list[Unit]:
 
 def comparable(k: np.ndarray, mode: str, num_outputs: int) -> np.ndarray:
     """The eNTK on the scale of the infinite NTK: Θ/C for ``logit-sum``, else Θ."""
-    return k / num_outputs if mode == "logit-sum" else k
+    return k / Mode(mode, num_outputs).infinite_scale
 
 
 def distance_slope(rows: list[dict[str, Any]], cfg: WidthScalingConfig) -> dict[str, float] | None:

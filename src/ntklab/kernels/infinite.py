@@ -1,9 +1,10 @@
 """Infinite-width NNGP and NTK of an architecture spec, tiled under a memory budget.
 
 The recursions are neural-tangents' (``stax``, v0.6.5; Novak et al. 2020, arXiv:1912.02803)
-for both the ``ntk`` and the ``standard`` parameterization (docs/design.md); the per-layer maps live
-in :mod:`ntklab.kernels.infinite_layers` and are re-exported here, where each layer's
-``kernel_map`` finds them (``infinite.dense``, ``infinite.conv``, ``infinite.relu``, ...).
+for both the ``ntk`` and the ``standard`` parameterization (docs/design.md). Each layer's map
+lives beside its module in :mod:`ntklab.arch` (``Layer.kernel_map``, on a
+:class:`~ntklab.kernels.state.KernelState`); this module composes them for any spec that
+follows :class:`KernelSpec` and never imports ``ntklab.arch``.
 
 How :func:`kernel_fn` computes, for inputs ``x1`` (n1, C, *S) and ``x2`` (n2, C, *S):
 
@@ -21,41 +22,14 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 
-from ntklab.arch.core import Layer, Spec
 from ntklab.errors import ArchError
-from ntklab.kernels.infinite_layers import (
-    KernelState,
-    avg_pool,
-    conv,
-    dense,
-    erf,
-    flatten,
-    global_avg_pool,
-    identity,
-    relu,
-    self_variance,
-)
 from ntklab.kernels.precision import no_tf32
+from ntklab.kernels.state import KernelState
 from ntklab.progress import progress_bar
-
-__all__ = [
-    "KernelState",
-    "avg_pool",
-    "conv",
-    "dense",
-    "erf",
-    "flatten",
-    "global_avg_pool",
-    "identity",
-    "input_state",
-    "kernel_fn",
-    "propagate",
-    "relu",
-    "tile_shape",
-]
 
 GETS = ("nngp", "ntk")
 # Live (pair-sized) arrays during one layer map, relative to one NNGP array: input NNGP and
@@ -63,6 +37,26 @@ GETS = ("nngp", "ntk")
 LIVE_ARRAYS = 8
 # On CPU one position-pair array of a tile is kept at or below this size (see tile_shape).
 CPU_ARRAY_BYTES = 2 * 2**20
+
+
+class KernelLayer(Protocol):
+    """A layer with an infinite-width kernel map (``ntklab.arch`` layers)."""
+
+    name: str
+
+    def kernel_map(self, state: KernelState) -> KernelState: ...
+
+
+class KernelSpec(Protocol):
+    """A serial architecture whose kernels :func:`kernel_fn` composes (``ntklab.arch.Spec``)."""
+
+    @property
+    def layers(self) -> Sequence[KernelLayer]: ...
+
+    def kernel_shapes(self, input_shape: Sequence[int]) -> list[tuple[int, ...]]:
+        """Input shape of every layer and the output shape; ArchError when a layer has no
+        kernel map or the output is not flat."""
+        ...
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -127,25 +121,7 @@ def input_state(
     return KernelState(nngp=nngp, ntk=zero, cov1=cov1, cov2=cov2, spatial=spatial, width=width)
 
 
-def _check_spec(spec: Spec, input_shape: Sequence[int]) -> list[tuple[int, ...]]:
-    """Shapes of every layer for one input; ArchError for shapes, missing maps, non-flat outputs."""
-    shapes = spec.shapes(input_shape)
-    for i, layer in enumerate(spec.layers):
-        if type(layer).kernel_map is Layer.kernel_map:
-            raise ArchError(
-                f"layer {i} ({layer.name}) on input shape {shapes[i]} has no infinite-width kernel map; "
-                "use Dense, Conv, Relu, Erf, Identity, AvgPool, GlobalAvgPool or Flatten."
-            )
-    if len(shapes[-1]) != 1:
-        last = spec.layers[-1]
-        raise ArchError(
-            f"the last layer {len(spec.layers) - 1} ({last.name}) outputs shape {shapes[-1]}, not a flat "
-            "vector; end the spec with GlobalAvgPool or Flatten and a Dense readout."
-        )
-    return shapes
-
-
-def _apply(layer: Layer, index: int, shape: tuple[int, ...], state: KernelState) -> KernelState:
+def _apply(layer: KernelLayer, index: int, shape: tuple[int, ...], state: KernelState) -> KernelState:
     """``layer.kernel_map(state)`` with errors naming the layer and its input shape."""
     try:
         return layer.kernel_map(state)
@@ -157,11 +133,13 @@ def _apply(layer: Layer, index: int, shape: tuple[int, ...], state: KernelState)
         ) from None
 
 
-def propagate(spec: Spec, state: KernelState, shapes: Sequence[tuple[int, ...]] | None = None) -> KernelState:
+def propagate(
+    spec: KernelSpec, state: KernelState, shapes: Sequence[tuple[int, ...]] | None = None
+) -> KernelState:
     """Apply every layer's kernel map in order (``stax.serial``): the plain, uncached recursion.
 
     ``state`` must carry ``cov1``/``cov2`` (as :func:`input_state` gives) for the
-    nonlinearities; ``shapes`` (from ``spec.shapes``) only improves error messages.
+    nonlinearities; ``shapes`` (from ``spec.kernel_shapes``) only improves error messages.
     """
     for i, layer in enumerate(spec.layers):
         shape = shapes[i] if shapes is not None else (state.width, *state.spatial)
@@ -170,7 +148,7 @@ def propagate(spec: Spec, state: KernelState, shapes: Sequence[tuple[int, ...]] 
 
 
 def _variance_cache(
-    spec: Spec, x: torch.Tensor, shapes: list[tuple[int, ...]], chunk: int
+    spec: KernelSpec, x: torch.Tensor, shapes: list[tuple[int, ...]], chunk: int
 ) -> list[torch.Tensor]:
     """Per-position variances at the input of every layer, ``[(n, *S_l) for l]``.
 
@@ -184,7 +162,7 @@ def _variance_cache(
         state = input_state(x[start : start + chunk], None, ntk=False, cross=False)
         state = state.replace(cov2=None)
         for i, layer in enumerate(spec.layers):
-            per_layer[i][start : start + chunk] = self_variance(state)[0]
+            per_layer[i][start : start + chunk] = state.self_variance()[0]
             state = _apply(layer, i, shapes[i], state)
     return per_layer
 
@@ -235,7 +213,7 @@ def _show_progress(progress: bool | None, n_tiles: int) -> bool:
 
 
 def kernel_fn(
-    spec: Spec,
+    spec: KernelSpec,
     x1: torch.Tensor,
     x2: torch.Tensor | None = None,
     get: str | Sequence[str] = GETS,
@@ -254,7 +232,7 @@ def kernel_fn(
 
     Parameters
     ----------
-    spec : Spec
+    spec : KernelSpec
         The architecture; every layer needs a kernel map and the output must be flat (C,).
     x1 : Tensor, (n1, *input_shape)
         Inputs in torch layout, as for ``spec.module(input_shape)``: (n, D), (n, C, L),
@@ -311,7 +289,7 @@ def kernel_fn(
         raise ArchError(
             f"x1 and x2 must have the same per-example shape; got {tuple(x1.shape[1:])} and {tuple(x2.shape[1:])}."
         )
-    shapes = _check_spec(spec, x1.shape[1:])
+    shapes = spec.kernel_shapes(x1.shape[1:])
     device = torch.device(device) if device is not None else x1.device
     x1 = x1.to(device=device, dtype=dtype)
     x2 = x1 if sym else x2.to(device=device, dtype=dtype)

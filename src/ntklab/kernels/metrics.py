@@ -3,7 +3,6 @@
 * distance (Fort et al. 2020): S(K₁, K₂) = 1 − ⟨K₁, K₂⟩_F / (‖K₁‖_F ‖K₂‖_F)
 * angle: θ(K₁, K₂) = arccos(1 − S) ∈ [0, π], the angle between K₁ and K₂ as vectors of the
   Frobenius space (first order in a small change, where S ≈ θ²/2 is second order)
-* velocity: v(t) = S(K_t, K_{t+dt}) / dt, dt in epochs
 * centered kernel–target alignment: ⟨K_c, (Y Yᵀ)_c⟩_F / (‖K_c‖_F ‖(Y Yᵀ)_c‖_F), A_c = H A H,
   H = I − 11ᵀ/n
 * relative Frobenius error ‖K₁ − K₂‖_F / ‖K₂‖_F (eNTK vs infinite NTK)
@@ -35,11 +34,6 @@ def kernel_angle(k1: np.ndarray, k2: np.ndarray) -> float:
     a, b = _f64(k1), _f64(k2)
     a, b = a / np.linalg.norm(a), b / np.linalg.norm(b)
     return float(2.0 * np.arctan2(np.linalg.norm(a - b), np.linalg.norm(a + b)))
-
-
-def kernel_velocity(k_t: np.ndarray, k_next: np.ndarray, dt_epochs: float) -> float:
-    """v(t) = S(K_t, K_{t+dt}) / dt."""
-    return kernel_distance(k_t, k_next) / float(dt_epochs)
 
 
 def center(k: np.ndarray) -> np.ndarray:

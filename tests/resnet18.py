@@ -1,4 +1,4 @@
-"""ResNet-18 in the style of torchvision (He et al. 2016), for eNTK experiments and tests.
+"""ResNet-18 in the style of torchvision (He et al. 2016), for the eNTK tests.
 
 A plain ``nn.Module`` built from ``torch.nn`` layers (``Conv2d`` without bias, ``BatchNorm2d``,
 in-place ``ReLU``, ``MaxPool2d``, ``AdaptiveAvgPool2d``, ``Linear``), i.e. the kind of model the
