@@ -892,7 +892,7 @@ class CostModel:
 
     def feature_samples(self, n: int, n_eval: int) -> int:
         """Samples whose eNTK features the engine computes for the blocks K(n, n) and K(E, n)."""
-        from ntklab.kernels.tiling import FEATURES_SHARE, RESIDENT_SHARE
+        from ntklab.kernels.empirical.budget import FEATURES_SHARE, RESIDENT_SHARE
 
         fb = max(self.p.feature_bytes, 1)
         resident = int(RESIDENT_SHARE * self.budget_bytes) // fb
