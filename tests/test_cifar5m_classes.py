@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ntklab.config import DataConfig
-from ntklab.data import cifar
+from ntklab.data import cifar5m
 from ntklab.data.images import load_cifar5m
 from ntklab.data.registry import load_splits, training_read
 from ntklab.errors import DataError
@@ -19,7 +19,7 @@ from tiny import make_cifar5m
 def spy(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
     """Records every part whose labels or images are read, and which rows."""
     seen: dict[str, list] = {"labels": [], "take": [], "rows": []}
-    labels, take, rows = cifar._Npz.labels, cifar._Npz.take, cifar._Npz.rows
+    labels, take, rows = cifar5m.Cifar5mPart.labels, cifar5m.Cifar5mPart.take, cifar5m.Cifar5mPart.rows
 
     def spy_labels(self, stop):
         seen["labels"].append(self.file.name)
@@ -33,9 +33,9 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
         seen["rows"].append((self.file.name, start, stop))
         return rows(self, start, stop)
 
-    monkeypatch.setattr(cifar._Npz, "labels", spy_labels)
-    monkeypatch.setattr(cifar._Npz, "take", spy_take)
-    monkeypatch.setattr(cifar._Npz, "rows", spy_rows)
+    monkeypatch.setattr(cifar5m.Cifar5mPart, "labels", spy_labels)
+    monkeypatch.setattr(cifar5m.Cifar5mPart, "take", spy_take)
+    monkeypatch.setattr(cifar5m.Cifar5mPart, "rows", spy_rows)
     return seen
 
 
@@ -77,7 +77,7 @@ def test_stored_and_compressed_parts_give_the_same_rows(tmp_path: Path) -> None:
 
 
 def test_config_classes_stream_through_the_registry(tmp_path: Path, monkeypatch, spy: dict) -> None:
-    monkeypatch.setattr(cifar, "TAKE_CHUNK_BYTES", 5 * 3072)  # several chunks per deflated part
+    monkeypatch.setattr(cifar5m, "TAKE_CHUNK_BYTES", 5 * 3072)  # several chunks per deflated part
     x, y = make_cifar5m(tmp_path, [300, 300, 300, 10_000])
     (tmp_path / "part2.npz").write_bytes(b"\0" * 1000)
     cfg = DataConfig(name="cifar5m", path=str(tmp_path), classes=[[1, 2], 8], n_min=16, n_max=96, n_val=32)

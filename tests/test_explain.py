@@ -39,7 +39,7 @@ from ntklab.explain import (
     resolve_inputs,
     tail_levels,
 )
-from ntklab.report.verdicts import fmt_exp, fmt_num
+from ntklab.report.formatting import fmt_exp, fmt_num
 
 MODEL = """
 from torch import nn

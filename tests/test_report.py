@@ -15,9 +15,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
 from ntklab.errors import NtkLabError, RunDirError  # noqa: E402
-from ntklab.report.html import render_html, write_report  # noqa: E402
-from ntklab.report.markdown import collect, render_markdown  # noqa: E402
-from ntklab.report.verdicts import Verdict, fmt_alpha, fmt_exp, fmt_num, method_label, verdicts  # noqa: E402
+from ntklab.report.exponent_table import exponent_text  # noqa: E402
+from ntklab.report.formatting import fmt_alpha, fmt_exp, fmt_num  # noqa: E402
+from ntklab.report.html import png_width, render_html  # noqa: E402
+from ntklab.report.labels import method_label  # noqa: E402
+from ntklab.report.markdown import render_markdown  # noqa: E402
+from ntklab.report.outline import outline  # noqa: E402
+from ntklab.report.runs import collect  # noqa: E402
+from ntklab.report.verdicts import verdicts  # noqa: E402
+from ntklab.report.verdicts.comparisons import Verdict  # noqa: E402
+from ntklab.report.write import write_report  # noqa: E402
 
 
 def exp(alpha: float, lo: float, hi: float, a: float = 1.5) -> dict[str, float]:
@@ -228,11 +235,26 @@ def test_single_run_report_numbers_equal_the_summary(tmp_path: Path) -> None:
     cells = re.findall(r'<td class="num">([^<]*)</td>', html)
     assert "0.421" in cells and "0.370" in cells and "0.470" in cells and "0.210" in cells
     assert "does not explain" in html
+    # each verdict is listed once, in the Verdicts section, in both formats
+    (v,) = verdicts(DATA_SCALING)
+    assert md.count(v.text) == 1 and html.count("does not explain the network") == 1
+    assert "| method | key | α | 95% CI low | 95% CI high | a | fit | n range |" in md
+
+
+def test_exponent_tables_state_the_fit_ci_level(tmp_path: Path) -> None:
+    """The report's table and the table ``ntklab run`` prints name the level of fit.ci."""
+    s = {**DATA_SCALING, "ci": 0.9, "differences": {"nn-entk": {"delta": 0.2, "ci_low": 0.1, "ci_high": 0.3}}}
+    text = exponent_text(s)
+    assert "90% CI" in text and "paired 90% CI" in text and "95%" not in text
+    assert "[0.370, 0.470]" in text and "[0.100, 0.300]" in text
+    md = render_markdown(outline(collect(fake_run(tmp_path / "run", s))))
+    assert "90% CI low" in md and "| Δα nn-entk | nn-entk | 0.200 | 0.100 | 0.300 |" in md
+    assert "(90% CIs, n = 32–256)" in verdicts(s)[0].text
 
 
 def test_html_is_self_contained(tmp_path: Path) -> None:
     run = fake_run(tmp_path / "run", DATA_SCALING)
-    html = render_html(collect(run))
+    html = render_html(outline(collect(run)))
     srcs = re.findall(r'src="([^"]*)"', html)
     assert len(srcs) == 1 and srcs[0].startswith("data:image/png;base64,")
     assert base64.b64decode(srcs[0].split(",", 1)[1]) == (run / "scaling.png").read_bytes()
@@ -280,8 +302,8 @@ def test_folder_of_runs_and_errors(tmp_path: Path) -> None:
     fake_run(tmp_path / "many" / "a", DATA_SCALING)
     fake_run(tmp_path / "many" / "b", EVOLUTION)
     data = collect(tmp_path / "many")
-    assert [s.name for s in data.sections] == ["data-scaling", "kernel-evolution"]
-    assert "![data-scaling: scaling](a/scaling.png)" in render_markdown(data)
+    assert [s.name for s in data.experiments] == ["data-scaling", "kernel-evolution"]
+    assert "![data-scaling: scaling](a/scaling.png)" in render_markdown(outline(data))
     (tmp_path / "empty").mkdir()
     with pytest.raises(RunDirError, match="not an ntklab run directory"):
         collect(tmp_path / "empty")
@@ -320,12 +342,10 @@ def test_evolution_regression_verdict_three_ways() -> None:
 
 
 def test_figures_shown_at_half_their_pixel_width(tmp_path: Path) -> None:
-    from ntklab.report.html import png_width
-
     run = fake_run(tmp_path / "run", DATA_SCALING)
     width = png_width((run / "scaling.png").read_bytes())
     assert width == 100  # 2 inches at 50 dpi
-    assert f'width="{width // 2}"' in render_html(collect(run))
+    assert f'width="{width // 2}"' in render_html(outline(collect(run)))
     assert png_width(b"not a png") is None
 
 

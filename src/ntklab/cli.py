@@ -11,7 +11,6 @@ import errno
 import logging
 import sys
 from pathlib import Path
-from typing import Any
 
 from ntklab.cli_explain import _positive_int, add_subcommands
 from ntklab.errors import NtkLabError
@@ -19,37 +18,10 @@ from ntklab.errors import NtkLabError
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
-def exponent_table(summary: dict[str, Any]) -> str:
-    """The exponent table printed at the end of a run."""
-    exps = summary.get("exponents", {})
-    level = f"{100 * float(summary.get('ci', 0.95)):g}% CI"
-    lines = [f"{'method':<24} {'alpha':>8}   {level:<20} {'fit':<6}"]
-    for m, e in exps.items():
-        ci = "no CI" if e.get("ci_low") is None else f"[{e['ci_low']:.3f}, {e['ci_high']:.3f}]"
-        fit = "bends" if e.get("fit_ok") is False else "ok"
-        lines.append(f"{m:<24} {e['alpha']:>8.3f}   {ci:<20} {fit:<6}")
-    ev = summary.get("evolution") or {}
-    if not exps and ev.get("verdict"):
-        lines = [f"kernel evolution: {ev['verdict']}"]
-        lines += [
-            f"alpha(t) at step {e['step']:<8} {e['alpha']:>8.3f}"
-            + ("   no CI" if e.get("ci_low") is None else f"   [{e['ci_low']:.3f}, {e['ci_high']:.3f}]")
-            for e in (ev.get("kt_exponents") or [])[:: max(1, len(ev.get("kt_exponents") or []) // 6)]
-        ]
-    elif not exps:
-        lines.append("(no exponents: fewer than two grid points finished)")
-    diffs = summary.get("differences") or {}
-    if diffs:
-        lines.append(f"{'difference':<24} {'delta':>8}   {'paired ' + level:<20}")
-        for k, d in diffs.items():
-            ci = "no CI" if d.get("ci_low") is None else f"[{d['ci_low']:.3f}, {d['ci_high']:.3f}]"
-            lines.append(f"{k:<24} {d['delta']:>8.3f}   {ci:<20}")
-    return "\n".join(lines)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     """``ntklab run``: plan, compute the missing units (local or Ray), analyze, print exponents."""
     from ntklab.config import load_config
+    from ntklab.report.exponent_table import exponent_text
     from ntklab.run.executors import make_executor
     from ntklab.run.runner import default_out, run_experiment
 
@@ -76,7 +48,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         for f in summary["failed_units"]:
             print(f"  {f['unit']}: {f['error']}")
     print(f"scaling exponents of {summary['metric']} (L ~ a n^-alpha):")
-    print(exponent_table(summary))
+    print(exponent_text(summary))
     return 1 if summary["failed_units"] else 0
 
 

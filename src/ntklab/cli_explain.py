@@ -85,7 +85,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """``ntklab report RUN_DIR``: write ``report.html`` and ``report.md`` into the run directory."""
-    from ntklab.report.html import write_report
+    from ntklab.report.write import write_report
 
     html_path, md_path = write_report(args.run_dir)
     print(f"{html_path}\n{md_path}")

@@ -1947,8 +1947,8 @@ def _explain_planned(
 ) -> dict[str, Any]:
     """:func:`explain` after the probe: plan, run the experiments, write the report."""
     from ntklab.progress import progress_bar
-    from ntklab.report.html import write_report
     from ntklab.report.verdicts import verdicts
+    from ntklab.report.write import write_report
     from ntklab.run.runner import default_store, run_experiment
 
     if workers is None and n_workers > 1 and n_workers / probe.contention < MIN_SPEEDUP:

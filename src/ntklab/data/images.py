@@ -4,8 +4,9 @@ Every loader takes the path where the user keeps the files (nothing is ever down
 optional ``n_train`` (load only the first ``n_train`` training images, reading no more of the
 files than the format allows; None = all), and returns a :class:`~ntklab.data.raw.RawDataset`
 with images as float32 in torch layout (N, C, H, W), the raw 0..255 values divided by 255, and
-int64 labels. The format parsers live in :mod:`ntklab.data.cifar`, :mod:`ntklab.data.svhn` and
-:mod:`ntklab.data.idx`; this module checks the arguments and assembles the result.
+int64 labels. The format parsers live in :mod:`ntklab.data.cifar10`, :mod:`ntklab.data.cifar5m`,
+:mod:`ntklab.data.svhn` and :mod:`ntklab.data.idx`; this module checks the arguments and
+assembles the result.
 
 Loaders (registry name, x shape, files):
 
@@ -24,7 +25,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ntklab.data.cifar import CIFAR10_CLASS_NAMES, read_cifar5m, read_cifar10
+from ntklab.data.cifar5m import read_cifar5m
+from ntklab.data.cifar10 import CIFAR10_CLASS_NAMES, read_cifar10
 from ntklab.data.idx import (
     FASHION_MNIST_CLASS_NAMES,
     MNIST_CLASS_NAMES,

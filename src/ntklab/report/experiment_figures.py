@@ -1,7 +1,7 @@
 """Figures of the ``width-scaling`` and ``pretrained-kernel`` experiments (PNG, 200 dpi).
 
 Built on the helpers of :mod:`ntklab.report.figures` (``scaling_axes``, ``save``, the method
-styles), so every figure of a report looks alike.
+styles; names from :mod:`ntklab.report.labels`), so every figure of a report looks alike.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from ntklab.experiments.tidy import loss_table
-from ntklab.report.figures import ci_bounds, label_of, plt, save, scaling_axes, style_of
+from ntklab.report.figures import ci_bounds, plt, save, scaling_axes, style_of
+from ntklab.report.labels import method_label
 
 REFERENCE = "ntk"
 
@@ -68,11 +69,11 @@ def width_scaling_figure(
             _curve(ax, rows, fits, metric, f"{base}@w{w}", colors[w], "o", f"width {w}")
         for ref in ("ntk", "nngp"):
             if ref in present:
-                _curve(ax, rows, fits, metric, ref, "k" if ref == "ntk" else "0.5", "^", label_of(ref))
+                _curve(ax, rows, fits, metric, ref, "k" if ref == "ntk" else "0.5", "^", method_label(ref))
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("training samples n")
-        ax.set_title(f"{label_of(base)}", fontsize=9)
+        ax.set_title(f"{method_label(base)}", fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel(metric.replace("_", " "))
@@ -96,12 +97,14 @@ def alpha_width_figure(
         err = np.array([[x["alpha"] - ci_bounds(x)[0] for x in f], [ci_bounds(x)[1] - x["alpha"] for x in f]])
         color, marker = style_of(base, i)
         ax.errorbar(
-            ws, a, yerr=np.clip(err, 0, None), color=color, marker=marker, capsize=3, label=label_of(base)
+            ws, a, yerr=np.clip(err, 0, None), color=color, marker=marker, capsize=3, label=method_label(base)
         )
     for ref, color in (("ntk", "k"), ("nngp", "0.5")):
         if ref in fits:
             f = fits[ref]
-            ax.axhline(f["alpha"], color=color, ls="--", lw=1.2, label=f"{label_of(ref)}  α={f['alpha']:.3f}")
+            ax.axhline(
+                f["alpha"], color=color, ls="--", lw=1.2, label=f"{method_label(ref)}  α={f['alpha']:.3f}"
+            )
             ax.axhspan(*ci_bounds(f), color=color, alpha=0.1)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("width")
@@ -183,7 +186,7 @@ def pretrained_kernel_figure(
         color, marker = style_of(m, methods.index(m))
         lo, hi = max(f["alpha"] - ci_bounds(f)[0], 0.0), max(ci_bounds(f)[1] - f["alpha"], 0.0)
         bx.errorbar(f["alpha"], y[i], xerr=[[lo], [hi]], color=color, marker=marker, capsize=3)
-    bx.set_yticks(y, [label_of(m) for m in fitted], fontsize=7)
+    bx.set_yticks(y, [method_label(m) for m in fitted], fontsize=7)
     bx.invert_yaxis()
     if "nn" in fits:
         bx.axvline(fits["nn"]["alpha"], color=style_of("nn", 0)[0], ls="--", lw=1)

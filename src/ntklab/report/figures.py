@@ -12,14 +12,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ntklab.experiments.tidy import loss_table  # noqa: E402
+from ntklab.report.labels import method_label  # noqa: E402
 
 STYLE = {"nn": ("C0", "o"), "entk": ("C1", "s"), "ntk": ("C2", "^"), "nngp": ("C3", "v")}
-LABELS = {"nn": "network", "entk": "eNTK at init", "ntk": "NTK (∞ width)", "nngp": "NNGP (∞ width)"}
-
-
-def label_of(method: str) -> str:
-    base = method.split("@")[0]
-    return LABELS.get(base, base) + (f" @{method.split('@', 1)[1]}" if "@" in method else "")
 
 
 def style_of(method: str, i: int) -> tuple[str, str]:
@@ -52,7 +47,7 @@ def scaling_axes(
         color, marker = style_of(m, i)
         mean = np.nanmean(table, 0)
         err = np.nanstd(table, 0) if table.shape[0] > 1 else None
-        label = label_of(m)
+        label = method_label(m)
         if m in fits:
             f = fits[m]
             label += f"  {alpha_label(f)}"

@@ -1,14 +1,5 @@
-"""The report as ONE self-contained HTML file: figures embedded as base64 PNG, inline CSS.
-
-Same content as :mod:`ntklab.report.markdown` (collected by :func:`~ntklab.report.markdown.collect`):
-key facts, the verdicts, and per experiment the exponent table with confidence intervals, the
-kernel-evolution numbers and every figure. Nothing is loaded from outside the file.
-
-Example
--------
-``write_report("runs/explain-resnet")`` writes ``report.html`` and ``report.md`` there and
-returns both paths (``ntklab report RUN_DIR`` does the same).
-"""
+"""The report as ONE self-contained HTML file (``report.html``): figures embedded as base64
+PNG, inline CSS, nothing loaded from outside the file. Verdicts are coloured by their status."""
 
 from __future__ import annotations
 
@@ -16,16 +7,7 @@ import base64
 from html import escape
 from pathlib import Path
 
-from ntklab.report.markdown import (
-    EXPONENT_HEADER,
-    ReportData,
-    collect,
-    evolution_rows,
-    exponent_rows,
-    metric_name,
-    render_markdown,
-)
-from ntklab.run.store import atomic_write
+from ntklab.report.model import Report, Section, Table, VerdictLine
 
 CSS = """
 body { font-family: system-ui, -apple-system, Segoe UI, Roboto, sans-serif; max-width: 1000px;
@@ -44,16 +26,16 @@ figcaption { font-size: 0.85em; color: #555; } .notes li { color: #7a4b00; }
 """
 
 
-def _table(header: list[str], rows: list[list[str]], numeric_from: int) -> str:
-    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+def _table(table: Table) -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in table.header)
     body = "".join(
         "<tr>"
         + "".join(
-            f'<td class="num">{escape(c)}</td>' if i >= numeric_from else f"<td>{escape(c)}</td>"
+            f'<td class="num">{escape(c)}</td>' if i >= table.numeric_from else f"<td>{escape(c)}</td>"
             for i, c in enumerate(r)
         )
         + "</tr>"
-        for r in rows
+        for r in table.rows
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
@@ -78,57 +60,45 @@ def _img(path: Path, alt: str) -> str:
     )
 
 
-def render_html(data: ReportData) -> str:
+def _verdict(line: VerdictLine) -> str:
+    v = line.verdict
+    return (
+        f'<div class="verdict {escape(v.status)}"><span class="finding">'
+        f"{escape(line.experiment)} — {escape(v.finding)}:</span> {escape(v.text)}</div>"
+    )
+
+
+def _section(sec: Section) -> list[str]:
+    parts = [f'<section id="{escape(sec.anchor)}">' if sec.anchor else "", f"<h2>{escape(sec.title)}</h2>"]
+    for table in sec.tables:
+        if table.caption:
+            parts.append(f"<p>{escape(table.caption)}</p>")
+        parts.append(_table(table))
+    parts += [_verdict(line) for line in sec.verdicts]
+    parts += [_img(fig.path, fig.caption) for fig in sec.figures]
+    if sec.notes:
+        parts.append('<ul class="notes">' + "".join(f"<li>{escape(n)}</li>" for n in sec.notes) + "</ul>")
+    if sec.anchor:
+        parts.append("</section>")
+    return [p for p in parts if p]
+
+
+def render_html(report: Report) -> str:
     """The report as a self-contained HTML page."""
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{escape(data.title)}</title><style>{CSS}</style></head><body>",
-        f"<h1>{escape(data.title)}</h1>",
+        f"<title>{escape(report.title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{escape(report.title)}</h1>",
     ]
-    if data.facts:
+    if report.facts:
         parts.append(
             '<dl class="facts">'
-            + "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in data.facts)
+            + "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in report.facts)
             + "</dl>"
         )
-    all_verdicts = [(sec, v) for sec in data.sections for v in sec.verdicts]
-    if all_verdicts:
-        parts.append("<h2>Verdicts</h2>")
-        for sec, v in all_verdicts:
-            parts.append(
-                f'<div class="verdict {escape(v.status)}"><span class="finding">'
-                f"{escape(sec.name)} — {escape(v.finding)}:</span> {escape(v.text)}</div>"
-            )
-    for sec in data.sections:
-        parts.append(f'<section id="{escape(sec.name)}"><h2>{escape(sec.title)}</h2>')
-        rows = exponent_rows(sec.summary)
-        if rows:
-            parts.append(
-                f"<p>Scaling exponents of {escape(metric_name(sec.summary))} (L ≈ a·n<sup>−α</sup>; "
-                "bootstrap CIs over seeds and points):</p>"
-            )
-            parts.append(_table(EXPONENT_HEADER, rows, numeric_from=2))
-        ev = evolution_rows(sec.summary)
-        if ev:
-            parts.append(_table(["quantity", "value"], ev, numeric_from=1))
-        for fig in sec.figures:
-            parts.append(_img(fig, f"{sec.name}: {fig.stem}"))
-        parts.append("</section>")
-    if data.notes:
-        parts.append('<h2>Notes</h2><ul class="notes">')
-        parts += [f"<li>{escape(n)}</li>" for n in data.notes]
-        parts.append("</ul>")
+    for sec in report.sections:
+        parts += _section(sec)
     parts.append("</body></html>")
     return "\n".join(parts)
-
-
-def write_report(run_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``report.html`` (self-contained) and ``report.md`` into ``run_dir``; return both."""
-    data = collect(run_dir)
-    root = Path(run_dir)
-    html_path, md_path = root / "report.html", root / "report.md"
-    atomic_write(html_path, render_html(data).encode("utf-8"))
-    atomic_write(md_path, render_markdown(data).encode("utf-8"))
-    return html_path, md_path
