@@ -107,7 +107,7 @@ def test_tiny_width_scaling_run(tmp_path: Path) -> None:
 
 def test_defaults_and_section_merge() -> None:
     cfg = load_config(None, ["experiment=width-scaling"])
-    assert cfg.widths == [16, 32, 64, 128] and cfg.probe_widths == [256, 512, 1024]
+    assert cfg.widths == [16, 32, 64] and cfg.probe_widths == [128, 256, 512, 1024]
     assert cfg.methods == ["nn", "entk", "ntk"] and cfg.seeds == 2
     assert (cfg.data.n_max, cfg.data.n_test, cfg.train.epochs, cfg.train.min_steps) == (1024, 500, 100, 600)
     assert cfg.train.early_stopping and cfg.lr_grid == [0.01, 0.03, 0.1]
