@@ -49,6 +49,12 @@ def possessive(label: str) -> str:
     return f"{label}'" if label.endswith("s") else f"{label}'s"
 
 
+def alphas_clause(exps: dict[str, Any], *methods: str) -> str:
+    """`` (network's α = 0.328 [0.301, 0.354], eNTK at init's α = ….)``: the exponents a
+    paired-difference sentence compares, each over its own fitted range."""
+    return " (" + ", ".join(f"{possessive(method_label(m))} {fmt_alpha(exps[m])}" for m in methods) + ".)"
+
+
 def n_range(summary: dict[str, Any]) -> str:
     """``n = 32–256`` from the summary's ``n_grid`` (empty when unknown)."""
     grid = summary.get("n_grid") or []
@@ -154,7 +160,7 @@ def kernel_vs_network(summary: dict[str, Any], nn_key: str, kernel: str, context
     )
     if diff is not None:
         text, status = compare_by_difference(method_label(nn_key), k_label, diff, where=where, **clauses)
-        text = f"{text} ({possessive(method_label(nn_key))} {fmt_alpha(exps[nn_key])}, {possessive(k_label)} {fmt_alpha(exps[kernel])}.)"
+        text += alphas_clause(exps, nn_key, kernel)
     else:
         text, status = compare_exponents(
             method_label(nn_key), exps[nn_key], k_label, exps[kernel], where=where, **clauses

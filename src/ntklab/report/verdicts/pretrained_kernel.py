@@ -8,6 +8,7 @@ from typing import Any
 from ntklab.report.labels import method_label
 from ntklab.report.verdicts.comparisons import (
     Verdict,
+    alphas_clause,
     at_largest_n,
     ci_phrase,
     compare_by_difference,
@@ -43,6 +44,7 @@ def pretrained_kernel(summary: dict[str, Any]) -> list[Verdict]:
                 rng = f"n = {diff['fit_n_min']}–{diff['fit_n_max']}"
                 at = ", ".join(x for x in (ci_phrase(summary), rng) if x)
                 text, status = compare_by_difference(method_label("entk"), label, diff, where=at, **clauses)
+                text += alphas_clause(exps, "entk", m)
             else:
                 text, status = compare_exponents(
                     method_label("entk"), exps["entk"], label, exps[m], where=where, **clauses
