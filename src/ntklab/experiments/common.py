@@ -56,11 +56,6 @@ def factory_reads(arch: ArchConfig) -> dict[str, Any]:
     return {"factory_sha256": file_digest(arch.factory.rsplit(":", 1)[0])}
 
 
-def arch_reads(arch: ArchConfig) -> dict[str, Any]:
-    """The architecture fields a unit that builds ``arch`` depends on (with :func:`factory_reads`)."""
-    return arch.model_dump(mode="json") | factory_reads(arch)
-
-
 def arch_arg(arch: ArchConfig) -> dict[str, Any]:
     """The ``arch`` argument of a unit that builds ``arch`` (JSON, part of the unit's key)."""
     return arch.model_dump(mode="json")
@@ -72,14 +67,14 @@ def unit_reads(
     """The config values a unit reads from ``ctx.cfg``, the part of its key beside its arguments.
 
     Always the data; with ``seed`` the run's seed (initialization and batch order); with
-    ``arch`` the architecture (:func:`arch_reads`), else only the user's model file behind it
-    (:func:`factory_reads`), for a unit that receives its architecture as an argument; with
-    ``train`` the training config; with ``kernel`` the eNTK's mode.
+    ``arch`` the architecture and the user's model file behind it (:func:`factory_reads`), else
+    only that file, for a unit that receives its architecture as an argument (:func:`arch_arg`);
+    with ``train`` the training config; with ``kernel`` the eNTK's mode.
     """
     reads: dict[str, Any] = {"seed": cfg.seed} if seed else {}
     reads["data"] = data_reads(cfg)
     if arch:
-        reads["arch"] = arch_reads(cfg.arch)
+        reads["arch"] = arch_arg(cfg.arch) | factory_reads(cfg.arch)
     else:
         reads |= factory_reads(cfg.arch)
     if train:
