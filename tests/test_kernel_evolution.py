@@ -17,9 +17,13 @@ import torch
 from ntklab.cli import main
 from ntklab.config import load_config
 from ntklab.errors import ConfigError
+from ntklab.experiments import evolution_checkpoints as ck
+from ntklab.experiments import evolution_units as eu
 from ntklab.experiments import kernel_evolution as ke
+from ntklab.experiments import kernel_motion as km
 from ntklab.experiments.common import batch_seed, init_model
-from ntklab.experiments.evolution_units import checkpoint_kernels, probe_kernel
+from ntklab.experiments.evolution_units import checkpoint_kernels
+from ntklab.experiments.kernel_motion import probe_kernel
 from ntklab.kernels import empirical_ntk
 from ntklab.kernels.metrics import alignment, kernel_angle, kernel_distance
 from ntklab.run.context import RunContext
@@ -80,8 +84,8 @@ def test_angles_by_hand() -> None:
     a, b = np.diag([1.0, 0.0]), np.diag([1.0, 1.0])
     assert kernel_angle(a, b) == pytest.approx(math.pi / 4, abs=1e-15)
     assert kernel_angle(a, b) == pytest.approx(math.acos(1 - kernel_distance(a, b)), abs=1e-12)
-    assert ke.angles([a, b, 3 * b]) == pytest.approx([math.pi / 4, 0.0], abs=1e-15)
-    assert ke.angular_velocities([a, b], [0.0, 0.5]) == pytest.approx([(math.pi / 4) / 0.5], abs=1e-12)
+    assert km.angles([a, b, 3 * b]) == pytest.approx([math.pi / 4, 0.0], abs=1e-15)
+    assert km.angular_velocities([a, b], [0.0, 0.5]) == pytest.approx([(math.pi / 4) / 0.5], abs=1e-12)
     # exact for tiny angles too, where 1 − cos θ has lost the digits: θ = 1e-9
     assert kernel_angle(rotated(0.0), rotated(1e-9)) == pytest.approx(1e-9, rel=1e-6)
 
@@ -102,7 +106,7 @@ def test_angular_velocity_does_not_depend_on_dt_for_steady_rotation() -> None:
     """A kernel rotating at a constant rate: ω is the rate for any dt, S / dt grows with dt."""
     rate = 0.1  # rad per epoch
     for dt in (0.5, 2.0, 8.0):
-        (w,) = ke.angular_velocities([rotated(0.2), rotated(0.2 + rate * dt)], [0.0, dt])
+        (w,) = km.angular_velocities([rotated(0.2), rotated(0.2 + rate * dt)], [0.0, dt])
         assert w == pytest.approx(rate, rel=1e-9)
     v_short = kernel_distance(rotated(0.2), rotated(0.2 + rate)) / 1.0
     v_long = kernel_distance(rotated(0.2), rotated(0.2 + 8 * rate)) / 8.0
@@ -125,8 +129,8 @@ def test_same_trajectory_at_two_spacings_gives_the_same_verdict_and_speeds(
     phi = path(jump, drift)
     fine, coarse = np.linspace(0, 100, 17), np.linspace(0, 100, 9)  # Δ = 6.25 and 12.5 epochs
     mf, mc = (
-        ke.grid_motion(trajectory(phi, fine), list(fine)),
-        ke.grid_motion(trajectory(phi, coarse), list(coarse)),
+        km.grid_motion(trajectory(phi, fine), list(fine)),
+        km.grid_motion(trajectory(phi, coarse), list(coarse)),
     )
     assert mf["verdict"] == mc["verdict"] == verdict
     for key in ("first_half", "second_half", "second_over_first", "total_angle"):
@@ -149,7 +153,7 @@ def test_log_spaced_checkpoints_would_mislead_velocity_but_not_the_verdict() -> 
     v = [kernel_distance(a, b) / float(e1 - e0) for a, b, e0, e1 in zip(ks, ks[1:], log_e, log_e[1:])]
     assert v[-1] > v[-2]  # the longest, slowest interval reads faster than the one before
     assert (
-        ke.grid_motion(trajectory(phi, np.linspace(0, 100, 17)), list(np.linspace(0, 100, 17)))["verdict"]
+        km.grid_motion(trajectory(phi, np.linspace(0, 100, 17)), list(np.linspace(0, 100, 17)))["verdict"]
         == "settles"
     )
 
@@ -158,35 +162,35 @@ def test_small_total_angle_reads_barely_moves_whatever_its_shape() -> None:
     """A steady rotation of 0.03 rad in all (second half as fast as the first) barely moves;
     the same path 10× larger keeps moving."""
     e = np.linspace(0, 40, 9)
-    slow = ke.grid_motion(trajectory(lambda x: 0.03 * x / 40, e), list(e))
+    slow = km.grid_motion(trajectory(lambda x: 0.03 * x / 40, e), list(e))
     assert slow["total_angle"] == pytest.approx(0.03) and slow["second_over_first"] == pytest.approx(1.0)
     assert slow["verdict"] == "barely-moves"
-    assert ke.grid_motion(trajectory(lambda x: 0.3 * x / 40, e), list(e))["verdict"] == "keeps-moving"
+    assert km.grid_motion(trajectory(lambda x: 0.3 * x / 40, e), list(e))["verdict"] == "keeps-moving"
     # a lazy kernel: K_0 plus a small random drift
     rng = np.random.default_rng(0)
     f = rng.normal(size=(20, 30))
     k0, dk = f @ f.T, rng.normal(size=(20, 20))
     ks = [k0 + 0.01 * s * (dk @ dk.T) for s in range(9)]
-    lazy = ke.grid_motion(ks, list(e))
-    assert lazy["total_angle"] < ke.LAZY_ANGLE and lazy["verdict"] == "barely-moves"
-    assert ke.classify(ke.LAZY_ANGLE, 1.0, ke.KEEPS_MOVING) == "keeps-moving"
-    assert ke.classify(ke.LAZY_ANGLE, 1.0, 0.99 * ke.KEEPS_MOVING) == "settles"
-    assert ke.classify(math.nan, 1.0, 1.0) is None
+    lazy = km.grid_motion(ks, list(e))
+    assert lazy["total_angle"] < km.LAZY_ANGLE and lazy["verdict"] == "barely-moves"
+    assert km.classify(km.LAZY_ANGLE, 1.0, km.KEEPS_MOVING) == "keeps-moving"
+    assert km.classify(km.LAZY_ANGLE, 1.0, 0.99 * km.KEEPS_MOVING) == "settles"
+    assert km.classify(math.nan, 1.0, 1.0) is None
 
 
 def test_decade_angles_on_a_constructed_sequence() -> None:
     """φ(t) = c·log10(t / 4) + d(t): each decade [t, 10t] turns by φ(10t) − φ(t)."""
-    assert ke.decade_steps(4000, 3) == [4, 40, 400]
-    assert ke.decade_steps(24, 3) == [2]
+    assert ck.decade_steps(4000, 3) == [4, 40, 400]
+    assert ck.decade_steps(24, 3) == [2]
     c = 0.2
     phi = {0: 0.0, 4: 0.05, 40: 0.05 + c, 400: 0.05 + 2 * c, 4000: 0.05 + 2.5 * c}
     kernels = {t: rotated(p) for t, p in phi.items()}
-    got = ke.decade_angles(kernels, [4, 40, 400, 4000])
+    got = km.decade_angles(kernels, [4, 40, 400, 4000])
     assert [(a, b) for a, b, _ in got] == [(4, 40), (40, 400), (400, 4000)]
     assert [th for _, _, th in got] == pytest.approx([c, c, c / 2], rel=1e-9)
-    assert ke.decade_ratio([th for _, _, th in got]) == pytest.approx(0.5)
+    assert km.decade_ratio([th for _, _, th in got]) == pytest.approx(0.5)
     del kernels[40]  # a missing kernel drops the decades it bounds
-    assert [(a, b) for a, b, _ in ke.decade_angles(kernels, [4, 40, 400, 4000])] == [(400, 4000)]
+    assert [(a, b) for a, b, _ in km.decade_angles(kernels, [4, 40, 400, 4000])] == [(400, 4000)]
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -196,16 +200,16 @@ def test_checkpoints_even_grid_decades_and_ends() -> None:
     cfg = load_config(None, ["experiment=kernel-evolution"])
     total = cfg.train.total_steps(cfg.evolution.n)
     assert total == 4000 and cfg.train.optimizer == "adam" and cfg.train.lr == 0.03
-    grid = ke.grid_steps(cfg)
+    grid = ck.grid_steps(cfg)
     assert len(grid) == cfg.evolution.n_checkpoints and set(np.diff(grid)) == {250}
-    assert ke.decade_points(cfg) == [4, 40, 400, 4000]
-    steps = ke.checkpoint_steps(cfg)
+    assert ck.decade_points(cfg) == [4, 40, 400, 4000]
+    steps = ck.checkpoint_steps(cfg)
     assert steps == sorted({*grid, 4, 40, 400})
     assert ke.kt_grid(cfg) == [64, 91, 128, 181, 256, 362, 512, 724, 1024]
     explicit = load_config(None, ["experiment=kernel-evolution", "evolution.checkpoint_steps=[10, 100]"])
-    assert ke.checkpoint_steps(explicit) == sorted({*steps, 10, 100})
-    assert ke.grid_steps(explicit) == grid  # extra checkpoints stay out of ω
-    assert ke.even_steps(10, 5) == [0, 2, 5, 8, 10]  # rounded (half to even)
+    assert ck.checkpoint_steps(explicit) == sorted({*steps, 10, 100})
+    assert ck.grid_steps(explicit) == grid  # extra checkpoints stay out of ω
+    assert ck.even_steps(10, 5) == [0, 2, 5, 8, 10]  # rounded (half to even)
     with pytest.raises(ConfigError, match="after the end of training"):
         load_config(None, ["experiment=kernel-evolution", "evolution.checkpoint_steps=[99999]"])
     with pytest.raises(ConfigError, match="regress_n"):
@@ -218,12 +222,12 @@ def test_checkpoints_even_grid_decades_and_ends() -> None:
 def test_step_schedule_adds_checkpoints_around_each_lr_drop() -> None:
     cfg = load_config(None, ["experiment=kernel-evolution", "train.schedule=step", "train.steps=1000"])
     drops = [t for t in range(1, 1000) if lr_factor(cfg.train, t, 1000) < lr_factor(cfg.train, t - 1, 1000)]
-    assert ke.milestone_steps(cfg) == drops == [500, 750]
+    assert ck.milestone_steps(cfg) == drops == [500, 750]
     delta = round(cfg.evolution.milestone_window * 1000)
-    steps = ke.checkpoint_steps(cfg)
+    steps = ck.checkpoint_steps(cfg)
     for t in drops:
         assert {t - delta, t, t + delta} <= set(steps)
-    assert ke.milestone_steps(load_config(None, ["experiment=kernel-evolution"])) == []
+    assert ck.milestone_steps(load_config(None, ["experiment=kernel-evolution"])) == []
     # ω just before and after each drop, on intervals of δ steps
     probes = {t: rotated(t / 1000) for t in steps}
     probes[750 + delta] = rotated(0.75 + 0.1 * delta / 1000)
@@ -239,13 +243,13 @@ def test_kernel_units_survive_a_change_of_checkpoints() -> None:
     retrains, but kernels at steps already computed are reused."""
     a = load_config(None, OVERRIDES)
     b = load_config(None, [*OVERRIDES, "evolution.n_checkpoints=8"])
-    assert ke.train_unit(a, 0).key != ke.train_unit(b, 0).key
-    common = set(ke.checkpoint_steps(a)) & set(ke.checkpoint_steps(b))
+    assert eu.train_unit(a, 0).key != eu.train_unit(b, 0).key
+    common = set(ck.checkpoint_steps(a)) & set(ck.checkpoint_steps(b))
     assert len(common) >= 3
     for t in common:
-        assert ke.kernel_unit(a, 0, t).key == ke.kernel_unit(b, 0, t).key
+        assert eu.kernel_unit(a, 0, t).key == eu.kernel_unit(b, 0, t).key
     c = load_config(None, [*OVERRIDES, "kernel.mode=logit-sum"])
-    assert ke.kernel_unit(a, 0, 0).key != ke.kernel_unit(c, 0, 0).key
+    assert eu.kernel_unit(a, 0, 0).key != eu.kernel_unit(c, 0, 0).key
 
 
 def test_probe_kernel_assembly_matches_a_direct_entk() -> None:
@@ -254,7 +258,7 @@ def test_probe_kernel_assembly_matches_a_direct_entk() -> None:
     s, ev = ctx.seed_splits(1), cfg.evolution  # repetition 1 draws its own training points
     assert not np.array_equal(s.x_train[:8], ctx.seed_splits(0).x_train[:8])
     model = init_model(ctx, 1)
-    blocks = checkpoint_kernels(ctx, model, 1, ke.n_kernel_train(cfg), ev.probe_test)
+    blocks = checkpoint_kernels(ctx, model, 1, eu.n_kernel_train(cfg), ev.probe_test)
     assert blocks["train"].shape == (64, 64)
     assert blocks["cross"].shape == (len(s.x_val) + len(s.x_test), 64)
     probe = probe_kernel(blocks, len(s.x_val), ev.probe_train)
@@ -300,7 +304,7 @@ def test_tiny_kernel_evolution_run(tiny_run: Path) -> None:
         "nn_train_loss_final",
     ):
         assert np.isfinite(ev[key]), key
-    assert ev["verdict"] in ke.VERDICTS and ev["verdict_half_resolution"] in ke.VERDICTS
+    assert ev["verdict"] in km.VERDICTS and ev["verdict_half_resolution"] in km.VERDICTS
     assert 0 < ev["total_angle"] <= ev["path_angle"] + 1e-12
     assert ev["regress_n"] == 64 and ev["kt_grid"] == [8, 11, 16, 23, 32, 45, 64] and ev["steps"] == 24
     steps = summary["checkpoints"]["steps"]
@@ -349,13 +353,13 @@ def test_angular_velocity_from_stored_checkpoints_equals_during_training(tiny_ru
     probes: dict[int, np.ndarray] = {}
 
     def on_checkpoint(step: int, model: torch.nn.Module) -> None:
-        blocks = checkpoint_kernels(ctx, model, 0, ke.n_kernel_train(cfg), ev.probe_test)
+        blocks = checkpoint_kernels(ctx, model, 0, eu.n_kernel_train(cfg), ev.probe_test)
         probes[step] = probe_kernel(blocks, len(s.x_val), ev.probe_train)
 
     n = ev.n
     # units run with torch threads = their num_cpus (executors.unit_environment): the same here
-    unit = ke.train_unit(cfg, 0)
-    assert all(ke.kernel_unit(cfg, 0, t).threads == unit.threads for t in ke.checkpoint_steps(cfg))
+    unit = eu.train_unit(cfg, 0)
+    assert all(eu.kernel_unit(cfg, 0, t).threads == unit.threads for t in ck.checkpoint_steps(cfg))
     with unit_environment(unit):
         train(
             init_model(ctx, 0),
@@ -364,12 +368,12 @@ def test_angular_velocity_from_stored_checkpoints_equals_during_training(tiny_ru
             ctx.tensor(s.labels_train[:n], torch.long),
             cfg.train,
             seed=batch_seed(cfg, 0, n),
-            checkpoint_steps=ke.checkpoint_steps(cfg),
+            checkpoint_steps=ck.checkpoint_steps(cfg),
             on_checkpoint=on_checkpoint,
             progress=False,
         )
-    grid = ke.grid_steps(cfg)
-    live = ke.angular_velocities([probes[t] for t in grid], [ke._epoch(cfg, t) for t in grid])
+    grid = ck.grid_steps(cfg)
+    live = km.angular_velocities([probes[t] for t in grid], [ck.epoch_at(cfg, t) for t in grid])
     stored = {int(r["step"]): float(r["value"]) for r in _rows(tiny_run) if r["metric"] == "angular_velocity"}
     assert sorted(stored) == grid[:-1]
     for t, w in zip(grid, live):

@@ -33,13 +33,7 @@ FN = "ntklab.experiments.after_kernel:after_kernel"
 
 
 def after_kernel(
-    ctx: Any,
-    n0: int,
-    n: int,
-    seed_index: int,
-    steps: int,
-    width: int | None = None,
-    disjoint: bool = False,
+    ctx: Any, n0: int, n: int, seed_index: int, steps: int, disjoint: bool = False
 ) -> dict[str, Any]:
     """Unit: the after-kernel Θ_T on train[:n] + validation + test, and the trained net's metrics.
 
@@ -49,7 +43,6 @@ def after_kernel(
     n : the kernel's training block is Θ_T(train[:n], train[:n]) (n may exceed n0)
     seed_index : repetition (initialization and batch order, as ``train_network``)
     steps : T, optimizer steps of the pre-training (0 = the eNTK at initialization)
-    width : overrides ``arch.width``
     disjoint : pre-train on the last n0 points of the repetition's pool order instead
 
     Returns
@@ -60,7 +53,7 @@ def after_kernel(
     stopping may end pre-training before T), ``seconds``.
     """
     t0 = time.perf_counter()
-    res = train_on(ctx, n0, seed_index, steps, width, from_end=disjoint)
+    res = train_on(ctx, ctx.cfg.arch, n0, seed_index, steps, from_end=disjoint)
     blocks = kernel_blocks(ctx, entk_kernel_fn(ctx, res.model), n, seed_index)
     metrics = network_metrics(ctx, res.model, n0, seed_index, from_end=disjoint)
     return {
@@ -72,13 +65,11 @@ def after_kernel(
     }
 
 
-def after_kernel_unit(
-    cfg: Any, n0: int, n: int, seed_index: int, steps: int, width: int | None = None, disjoint: bool = False
-) -> Unit:
+def after_kernel_unit(cfg: Any, n0: int, n: int, seed_index: int, steps: int, disjoint: bool = False) -> Unit:
     """The unit of :func:`after_kernel` (it reads what training and the eNTK read)."""
-    args = {"n0": n0, "n": n, "seed_index": seed_index, "steps": steps, "width": width}
+    args = {"n0": n0, "n": n, "seed_index": seed_index, "steps": steps}
     if disjoint:
         args["disjoint"] = True
-    reads = unit_reads(cfg, width, train=True, kernel=True)
-    label = f"after-kernel n0={n0} T={steps} n={n} seed={seed_index}" + (f" w={width}" if width else "")
+    reads = unit_reads(cfg, train=True, kernel=True)
+    label = f"after-kernel n0={n0} T={steps} n={n} seed={seed_index}"
     return Unit("after-kernel", FN, args, reads, version=2, label=label)

@@ -18,8 +18,8 @@ from ntklab.regress import KernelRegressor, mse, zero_one
 from ntklab.run.units import derive_seed
 
 
-def build_spec(arch: ArchConfig, num_outputs: int, width: int | None = None) -> Spec:
-    """The architecture of the config with ``num_outputs`` outputs (``width`` overrides)."""
+def build_spec(arch: ArchConfig, num_outputs: int) -> Spec:
+    """The architecture ``arch`` with ``num_outputs`` outputs."""
     if arch.layers is not None:
         spec = from_layers(arch.layers)
         last = spec.layers[-1]
@@ -31,7 +31,7 @@ def build_spec(arch: ArchConfig, num_outputs: int, width: int | None = None) -> 
         return spec
     return ZOO[arch.name](
         arch.depth,
-        width or arch.width,
+        arch.width,
         out=num_outputs,
         W_std=arch.W_std,
         b_std=arch.b_std,
@@ -49,22 +49,34 @@ def arch_label(arch: ArchConfig, width: bool = False) -> str:
     return f"{arch.name} (width {arch.width})" if width else arch.name
 
 
-def arch_reads(cfg: AnyConfig, width: int | None = None) -> dict[str, Any]:
-    """The architecture fields a unit depends on (``width`` overridden when given)."""
-    arch = cfg.arch.model_dump(mode="json")
-    if width is not None:
-        arch["width"] = width
-    if cfg.arch.factory is not None:  # a user's model file: its contents, not only its name
-        arch["factory_sha256"] = file_digest(cfg.arch.factory.rsplit(":", 1)[0])
-    return arch
+def factory_reads(arch: ArchConfig) -> dict[str, Any]:
+    """``{"factory_sha256": …}`` for a user's model file (its contents, not only its name), else {}."""
+    if arch.factory is None:
+        return {}
+    return {"factory_sha256": file_digest(arch.factory.rsplit(":", 1)[0])}
+
+
+def arch_arg(arch: ArchConfig) -> dict[str, Any]:
+    """The ``arch`` argument of a unit that builds ``arch`` (JSON, part of the unit's key)."""
+    return arch.model_dump(mode="json")
 
 
 def unit_reads(
-    cfg: AnyConfig, width: int | None = None, *, train: bool = False, kernel: bool = False
+    cfg: AnyConfig, *, seed: bool = True, arch: bool = True, train: bool = False, kernel: bool = False
 ) -> dict[str, Any]:
-    """The config values a unit depends on: the seed, the data and the architecture (``width``
-    overridden), with ``train`` the training config and with ``kernel`` the eNTK's mode."""
-    reads: dict[str, Any] = {"seed": cfg.seed, "data": data_reads(cfg), "arch": arch_reads(cfg, width)}
+    """The config values a unit reads from ``ctx.cfg``, the part of its key beside its arguments.
+
+    Always the data; with ``seed`` the run's seed (initialization and batch order); with
+    ``arch`` the architecture and the user's model file behind it (:func:`factory_reads`), else
+    only that file, for a unit that receives its architecture as an argument (:func:`arch_arg`);
+    with ``train`` the training config; with ``kernel`` the eNTK's mode.
+    """
+    reads: dict[str, Any] = {"seed": cfg.seed} if seed else {}
+    reads["data"] = data_reads(cfg)
+    if arch:
+        reads["arch"] = arch_arg(cfg.arch) | factory_reads(cfg.arch)
+    else:
+        reads |= factory_reads(cfg.arch)
     if train:
         reads["train"] = cfg.train.model_dump(mode="json")
     if kernel:
@@ -109,16 +121,18 @@ def batch_seed(cfg: AnyConfig, seed_index: int, n: int) -> int:
     return derive_seed(cfg.seed, "batches", seed_index, n)
 
 
-def init_model(ctx: Any, seed_index: int, width: int | None = None) -> nn.Module:
-    """The network at initialization for repetition ``seed_index``, on the run's device.
+def init_model(ctx: Any, seed_index: int, arch: ArchConfig | None = None) -> nn.Module:
+    """The network ``arch`` (default: the run's ``arch``) at initialization for repetition
+    ``seed_index``, on the run's device.
 
     Built from the spec, or by the user's ``arch.factory`` (seeded with the same init seed).
     """
     s, seed = ctx.splits, init_seed(ctx.cfg, seed_index)
-    if ctx.cfg.arch.factory is not None:
-        model = build_user_model(ctx.cfg.arch.factory, seed, s.input_shape, s.num_outputs)
+    arch = ctx.cfg.arch if arch is None else arch
+    if arch.factory is not None:
+        model = build_user_model(arch.factory, seed, s.input_shape, s.num_outputs)
     else:
-        model = build_spec(ctx.cfg.arch, s.num_outputs, width).module(s.input_shape, seed=seed)
+        model = build_spec(arch, s.num_outputs).module(s.input_shape, seed=seed)
     return model.to(ctx.device)
 
 

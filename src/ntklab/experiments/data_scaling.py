@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from ntklab.config import DataScalingConfig
-from ntklab.experiments.common import arch_label, arch_reads, data_reads, regress_grid, unit_reads
-from ntklab.experiments.tidy import mean_loss_at, row, rows_from, scaling_summary, training_summary
+from ntklab.config import ArchConfig, DataScalingConfig
+from ntklab.experiments.common import arch_arg, arch_label, regress_grid, unit_reads
+from ntklab.experiments.tidy import row, rows_from, scaling_summary, seed_means, training_summary
+from ntklab.experiments.units import NETWORK_METRICS
 from ntklab.run.units import Unit
 
 NAME = "data-scaling"
@@ -32,40 +33,38 @@ U = "ntklab.experiments.units"
 METRICS = ("test_mse", "test_error", "ridge", "jitter")
 
 
-def train_unit(
-    cfg: Any,
-    n: int,
-    seed_index: int,
-    width: int | None = None,
-    steps: int | None = None,
-    lr_from: Unit | None = None,
-) -> Unit:
-    """Train the network of repetition ``seed_index`` on n samples (with the learning rate
-    chosen by unit ``lr_from`` when given)."""
-    args = {"n": n, "seed_index": seed_index, "width": width, "steps": steps}
+def width_label(cfg: Any, arch: ArchConfig) -> str:
+    """`` w=W`` in a unit's label when it builds another width than ``arch.width``, else ""."""
+    return f" w={arch.width}" if arch.width != cfg.arch.width else ""
+
+
+def train_unit(cfg: Any, arch: ArchConfig, n: int, seed_index: int, lr_from: Unit | None = None) -> Unit:
+    """Train the network ``arch`` of repetition ``seed_index`` on n samples (with the learning
+    rate chosen by unit ``lr_from`` when given)."""
+    args = {"n": n, "seed_index": seed_index, "arch": arch_arg(arch)}
     if lr_from is not None:
         args["lr_from"] = lr_from.key
     return Unit(
         "train",
         f"{U}:train_network",
         args,
-        unit_reads(cfg, width, train=True),
+        unit_reads(cfg, arch=False, train=True),
         version=2,
-        label=f"train n={n} seed={seed_index}" + (f" w={width}" if width else ""),
+        label=f"train n={n} seed={seed_index}{width_label(cfg, arch)}",
         after=(lr_from.key,) if lr_from is not None else (),
     )
 
 
-def entk_unit(cfg: Any, n: int, seed_index: int, width: int | None = None) -> Unit:
-    """eNTK at init of repetition ``seed_index`` on the first n training points."""
-    args = {"n": n, "seed_index": seed_index, "width": width}
+def entk_unit(cfg: Any, arch: ArchConfig, n: int, seed_index: int) -> Unit:
+    """eNTK at init of the network ``arch`` of repetition ``seed_index`` on the first n
+    training points."""
     return Unit(
         "entk",
         f"{U}:entk_at_init",
-        args,
-        unit_reads(cfg, width, kernel=True),
+        {"n": n, "seed_index": seed_index, "arch": arch_arg(arch)},
+        unit_reads(cfg, arch=False, kernel=True),
         version=2,
-        label=f"eNTK n={n} seed={seed_index}" + (f" w={width}" if width else ""),
+        label=f"eNTK n={n} seed={seed_index}{width_label(cfg, arch)}",
     )
 
 
@@ -91,10 +90,9 @@ def infinite_units(cfg: Any, n: int, seed_index: int, cross: bool = True) -> lis
     units. A block depends on its index ranges, not on n, so runs whose n differ share the
     blocks they have in common. :func:`infinite_result` assembles them.
     """
-    arch = arch_reads(cfg)
+    reads = unit_reads(cfg, seed=False)  # the infinite kernels are deterministic
     if cfg.arch.parameterization == "ntk" and cfg.arch.layers is None:
-        arch.pop("width")  # ntk-parameterized infinite kernels do not depend on the width
-    reads = {"data": data_reads(cfg), "arch": arch}
+        del reads["arch"]["width"]  # ntk-parameterized infinite kernels do not depend on the width
     sp = spans(n)
 
     def unit(args: dict, label: str) -> Unit:
@@ -155,9 +153,9 @@ def plan(cfg: Any) -> list[Unit]:
         if {"ntk", "nngp"} & set(cfg.methods):
             units += infinite_units(cfg, n_max, i)
         if "entk" in cfg.methods:
-            units.append(entk_unit(cfg, n_max, i))
+            units.append(entk_unit(cfg, cfg.arch, n_max, i))
         if "nn" in cfg.methods:
-            units += [train_unit(cfg, n, i) for n in grid]
+            units += [train_unit(cfg, cfg.arch, n, i) for n in grid]
     return units
 
 
@@ -189,15 +187,7 @@ def kernel_rows(
     return [r for rec in recs for r in rows_from(cfg.experiment, method, width, seed, rec, METRICS)]
 
 
-NN_METRICS = (
-    "test_mse",
-    "test_error",
-    "train_mse",
-    "train_error",
-    "train_loss",
-    "best_step",
-    "still_falling",
-)
+NN_METRICS = (*NETWORK_METRICS, "train_loss", "best_step", "still_falling")
 
 
 def nn_rows(cfg: Any, method: str, result: dict, n: int, seed: int, width: int) -> list[dict]:
@@ -222,11 +212,11 @@ def base_rows(cfg: Any, results: dict[str, Any], ctx: Any) -> list[dict]:
             for m in ("ntk", "nngp"):
                 if m in cfg.methods:
                     rows += kernel_rows(cfg, ctx, m, inf[m], i, 0, grid)
-        k = results.get(entk_unit(cfg, n_max, i).key)
+        k = results.get(entk_unit(cfg, cfg.arch, n_max, i).key)
         if k is not None and "entk" in cfg.methods:
             rows += kernel_rows(cfg, ctx, "entk", k, i, w, grid)
         for n in grid:
-            r = results.get(train_unit(cfg, n, i).key)
+            r = results.get(train_unit(cfg, cfg.arch, n, i).key)
             if r is not None and "nn" in cfg.methods:
                 rows += nn_rows(cfg, "nn", r, n, i, w)
     return rows
@@ -244,7 +234,7 @@ def common_summary(cfg: Any, rows: list[dict]) -> dict[str, Any]:
     return {
         "n_grid": cfg.data.n_grid(),
         "f0": f0_convention(cfg),
-        "test_loss_at_n_max": mean_loss_at(rows, cfg.fit.metric, cfg.data.n_max),
+        "test_loss_at_n_max": seed_means(rows, "method", metric=cfg.fit.metric, n=cfg.data.n_max),
         "training": training_summary(rows, cfg.train.rule()),
     }
 

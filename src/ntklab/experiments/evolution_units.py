@@ -9,6 +9,8 @@ Two kinds of unit, so that re-analysis and new metrics never retrain:
 * :func:`kernels_at_checkpoint` rebuilds the network of one checkpoint from the stored
   ``state_dict`` and computes its eNTK K_t on the probe and regression points.
 
+:func:`train_unit` and :func:`kernel_unit` plan them (their keys).
+
 K_t is stored as three float64 blocks (N = max(regress_n, probe_train), V validation and T test
 points, P_te = probe_test)::
 
@@ -16,10 +18,10 @@ points, P_te = probe_test)::
     cross       K_t(val + test, train[:N])     (V + T, N)
     probe_test  K_t(test[:P_te], test[:P_te])   (P_te, P_te)
 
-from which :func:`probe_kernel` assembles the kernel on the probe set (the first
-``probe_train`` training points, then the first ``probe_test`` test points) without computing
-any pair twice, and kernel regression with K_t uses ``train[:regress_n, :regress_n]`` and
-``cross[:, :regress_n]``.
+from which :func:`~ntklab.experiments.kernel_motion.probe_kernel` assembles the kernel on the
+probe set (the first ``probe_train`` training points, then the first ``probe_test`` test points)
+without computing any pair twice, and kernel regression with K_t uses
+``train[:regress_n, :regress_n]`` and ``cross[:, :regress_n]``.
 """
 
 from __future__ import annotations
@@ -31,15 +33,59 @@ import numpy as np
 import torch
 from torch import nn
 
+from ntklab.config import KernelEvolutionConfig
 from ntklab.errors import ConfigError
-from ntklab.experiments.common import batch_seed, eval_points, init_model
-from ntklab.experiments.units import entk_kernel_fn
-from ntklab.train import Centered, evaluate, steps_to_epochs, train
+from ntklab.experiments import evolution_checkpoints as checkpoints
+from ntklab.experiments.common import batch_seed, eval_points, init_model, unit_reads
+from ntklab.experiments.units import entk_kernel_fn, network_metrics, stored
+from ntklab.run.units import Unit
+from ntklab.train import Centered, steps_to_epochs, train
+
+U = "ntklab.experiments.evolution_units"
+UNIT_VERSION = 2  # 2: each repetition trains on its own draw of the training pool
 
 
-def _test_tensors(ctx: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    s = ctx.splits
-    return ctx.tensor(s.x_test), ctx.tensor(s.y_test), ctx.tensor(s.labels_test, torch.long)
+def train_unit(cfg: KernelEvolutionConfig, seed_index: int) -> Unit:
+    """Train repetition ``seed_index`` on ``evolution.n`` points, keeping every checkpoint."""
+    n = cfg.evolution.n
+    args = {"seed_index": seed_index, "n": n, "checkpoint_steps": checkpoints.checkpoint_steps(cfg)}
+    return Unit(
+        "train",
+        f"{U}:train_with_checkpoints",
+        args,
+        unit_reads(cfg, train=True),
+        version=UNIT_VERSION,
+        label=f"train n={n} seed={seed_index} ({len(args['checkpoint_steps'])} checkpoints)",
+    )
+
+
+def n_kernel_train(cfg: KernelEvolutionConfig) -> int:
+    """N: training points the kernel blocks cover, max(regress_n, probe_train)."""
+    return max(cfg.evolution.regress_n, cfg.evolution.probe_train)
+
+
+def kernel_unit(cfg: KernelEvolutionConfig, seed_index: int, step: int) -> Unit:
+    """eNTK blocks of repetition ``seed_index`` at checkpoint ``step``.
+
+    It reads the training unit's stored checkpoint (``after``). Its key holds what determines the
+    state at ``step`` — not the checkpoint list — and the points, so refining the checkpoints
+    retrains but reuses the kernels already computed.
+    """
+    args = {
+        "seed_index": seed_index,
+        "step": step,
+        "n_train": n_kernel_train(cfg),
+        "probe_test": cfg.evolution.probe_test,
+    }
+    return Unit(
+        "entk",
+        f"{U}:kernels_at_checkpoint",
+        args,
+        {**unit_reads(cfg, train=True, kernel=True), "n": cfg.evolution.n},
+        version=UNIT_VERSION,
+        label=f"eNTK step={step} seed={seed_index}",
+        after=(train_unit(cfg, seed_index).key,),
+    )
 
 
 def check_probe(ctx: Any) -> None:
@@ -67,18 +113,11 @@ def train_with_checkpoints(ctx: Any, seed_index: int, n: int, checkpoint_steps: 
     s, cfg = ctx.seed_splits(seed_index), ctx.cfg
     x, y = ctx.tensor(s.x_train[:n]), ctx.tensor(s.y_train[:n])
     labels = ctx.tensor(s.labels_train[:n], torch.long)
-    xt, yt, lt = _test_tensors(ctx)
     metrics: dict[int, dict[str, float]] = {}
 
     def on_checkpoint(step: int, model: nn.Module) -> None:
-        test, fit = evaluate(model, xt, yt, lt), evaluate(model, x, y, labels)
-        model.train()  # evaluate() switches to eval mode; training goes on in train mode
-        metrics[step] = {
-            "test_mse": test["mse"],
-            "test_error": test["error"],
-            "train_mse": fit["mse"],
-            "train_error": fit["error"],
-        }
+        metrics[step] = network_metrics(ctx, model, n, seed_index)
+        model.train()  # evaluation switches to eval mode; training goes on in train mode
 
     res = train(
         init_model(ctx, seed_index),
@@ -140,20 +179,6 @@ def checkpoint_kernels(
     }
 
 
-def probe_kernel(blocks: dict[str, np.ndarray], n_val: int, probe_train: int) -> np.ndarray:
-    """K_t on the probe set (first ``probe_train`` training, then first P_te test points).
-
-    ::
-
-        [[ train[:Ptr, :Ptr]            cross[V:V+P_te, :Ptr]ᵀ ]
-         [ cross[V:V+P_te, :Ptr]        probe_test             ]]
-    """
-    pt = len(blocks["probe_test"])
-    tt = blocks["train"][:probe_train, :probe_train]
-    et = blocks["cross"][n_val : n_val + pt, :probe_train]
-    return np.block([[tt, et.T], [et, blocks["probe_test"]]])
-
-
 def kernels_at_checkpoint(
     ctx: Any, seed_index: int, step: int, n_train: int, probe_test: int
 ) -> dict[str, Any]:
@@ -164,18 +189,8 @@ def kernels_at_checkpoint(
     on which other steps are checkpointed, so this unit's key leaves the checkpoint list out and
     refining the checkpoints recomputes only the new kernels.
     """
-    from ntklab.experiments.kernel_evolution import train_unit
-    from ntklab.run.runner import default_store
-
     t0 = time.perf_counter()
-    unit = train_unit(ctx.cfg, seed_index)
-    store = getattr(ctx, "store", None) or default_store()
-    if not store.has(unit.key):
-        raise RuntimeError(
-            f"the training run of seed {seed_index} ({unit.label}) is not in the store {store.root}; "
-            "it must finish before its kernel units"
-        )
-    trained = store.load(unit.key)
+    trained = stored(ctx, train_unit(ctx.cfg, seed_index).key)
     if step not in trained["states"]:
         raise RuntimeError(f"the training run of seed {seed_index} has no checkpoint at step {step}")
     model = rebuild_model(ctx, seed_index, trained["states"][step])

@@ -5,58 +5,20 @@ training, against the claim (Fort et al. 2020) that it settles within a few epoc
 
 Per repetition, one training unit trains the network on the first n = ``evolution.n`` points of
 the repetition's own draw of the training pool (:meth:`~ntklab.run.context.RunContext.seed_splits`)
-for a fixed length T (steps), and stores its ``state_dict`` at the checkpoints:
+for a fixed length T (steps), and stores its ``state_dict`` at the checkpoints
+(:mod:`~ntklab.experiments.evolution_checkpoints`: an evenly spaced grid, the decades T/10^k and
+the LR milestones). One kernel unit per checkpoint rebuilds the network there and computes its
+eNTK K_t (:mod:`~ntklab.experiments.evolution_units`). The analysis then needs no training.
+Kernels are compared on the probe set P_t (K_t on the first ``probe_train`` training and first
+``probe_test`` test points).
 
-* the **grid**: ``n_checkpoints`` steps evenly spaced over [0, T] (m = n_checkpoints − 1 equal
-  intervals of Δ = T / m steps);
-* the **decades**: T/10^k for k = 1 … ``decades`` (a denser early set, on a log axis);
-* ``checkpoint_steps`` (extra) and, with ``train.schedule = "step"``, each LR milestone t_m and
-  t_m ± δ, δ = round(``milestone_window`` · T).
-
-One kernel unit per checkpoint rebuilds the network there and computes its eNTK K_t
-(:mod:`ntklab.experiments.evolution_units`). The analysis then needs no training. Time is in
-epochs, e_t = t · min(B, n) / n. Kernels are compared on the probe set P_t (K_t on the first
-``probe_train`` training and first ``probe_test`` test points).
-
-Kernel motion
--------------
-* angle θ(K, K') = arccos(⟨K, K'⟩_F / (‖K‖_F ‖K'‖_F)) (:func:`~ntklab.kernels.metrics.kernel_angle`).
-  Fort et al.'s distance S = 1 − cos θ ≈ θ²/2 is second order in a small change, so S/dt grows
-  with the interval length and log-spaced checkpoints make late intervals look fast; θ is first
-  order. S(P_0, P_t) is still reported (``distance_to_init``).
-* angular velocity ω_i = θ(P_{t_i}, P_{t_{i+1}}) / (e_{i+1} − e_i), rad/epoch, **only on the grid**:
-  over short intervals SGD noise alone turns the kernel by ∝ √dt, so ω over a short interval reads
-  higher than over a long one at the same drift; intervals of one length are comparable.
-* half speeds ω̄₁, ω̄₂: the angle turned per epoch over the first and the last ⌊m/2⌋ grid
-  intervals (Σθ_i / Σdt_i). For a smooth path they do not depend on Δ (angles along it add up),
-  so the trajectory sampled every Δ or every 2Δ gives the same ω̄ and the same verdict
-  (``verdict_half_resolution`` re-reads the run on every second grid checkpoint).
-* total angle Θ = θ(P_0, P_T), which does not depend on the checkpoints at all; ``path_angle``
-  = Σθ_i over the grid (≥ Θ; it grows with the resolution when noise turns the kernel back and
-  forth).
-* decade angles: θ(P_t, P_{10t}) for t = T/10^k, k = ``decades`` … 1 — how far the kernel turns
-  in each decade of training. A kernel can settle on a linear time axis (ω̄₂ ≪ ω̄₁) and still
-  turn as far in the last decade as in the early ones; ``last_decade_over_max_decade`` is the
-  last decade's angle over the largest.
-
-Verdict (``evolution.verdict``), from the seed means of Θ, ω̄₁, ω̄₂:
-
-* ``"barely-moves"`` (lazy regime) when Θ < ``LAZY_ANGLE`` = 0.05 rad: the normalized kernel
-  changes by ‖K̂_T − K̂_0‖_F = 2 sin(Θ/2) < 5 % over all of training (S < 0.00125). The raw
-  eNTK is dominated by its top direction (effective rank ≈ 1.4 at init on MNIST-1D), so
-  angles are small even when regression with K_t changes a lot. Measured on MNIST-1D: a
-  one-hidden-layer MLP of width 4096 with Adam turns 0.009 rad at lr 0.001 (4000 steps; its
-  K_t regression loss does not change) and about 0.03 rad even at lr 0.03 (1000 steps), while
-  the default cnn1d (width 32), whose K_t regression loss falls 2.4× during training, turns
-  0.15 rad — three times the threshold;
-* else ``"keeps-moving"`` when ω̄₂ / ω̄₁ ≥ ``KEEPS_MOVING`` = 0.1: the kernel turns at least a
-  tenth as fast in the second half of training as in the first. With a cosine schedule the
-  second half has 0.22 of the first half's summed learning rate, so a kernel that moves in step
-  with the optimizer reads "keeps moving", and one whose speed falls 30× (Fort et al.'s
-  "settles within a few epochs") does not;
-* else ``"settles"`` — on a linear time axis; the verdict sentence adds the decade reading (the
-  last decade turning at least ``DECADE_TURN`` = half as far as the largest decade is "still
-  turning on a log axis").
+Kernel motion (:mod:`~ntklab.experiments.kernel_motion`): angles θ between probe kernels, the
+angular velocity ω on the grid, the half speeds ω̄₁, ω̄₂, the total angle Θ = θ(P_0, P_T) and the
+decade angles θ(P_t, P_{10t}); S(P_0, P_t) = 1 − cos θ is still reported (``distance_to_init``).
+``evolution.verdict`` is :func:`~ntklab.experiments.kernel_motion.classify` on the seed means of
+Θ, ω̄₁, ω̄₂; ``verdict_half_resolution`` re-reads the run on every second grid checkpoint (for a
+smooth path it agrees); ``last_decade_over_max_decade`` is the last decade's angle over the
+largest. Around each LR milestone t_m, ω on [t_m − δ, t_m] (old LR) and [t_m, t_m + δ] (new LR).
 
 Other per-checkpoint quantities
 -------------------------------
@@ -83,147 +45,33 @@ from typing import Any
 import numpy as np
 
 from ntklab.config import KernelEvolutionConfig
-from ntklab.experiments.common import arch_label, arch_reads, data_reads, regress_grid
-from ntklab.experiments.evolution_units import probe_kernel
+from ntklab.experiments.common import arch_label, regress_grid
+from ntklab.experiments.evolution_checkpoints import (
+    checkpoint_steps,
+    decade_points,
+    epoch_at,
+    grid_steps,
+    milestone_steps,
+    milestones,
+)
+from ntklab.experiments.evolution_units import kernel_unit, train_unit
+from ntklab.experiments.kernel_motion import (
+    DECADE_TURN,
+    KEEPS_MOVING,
+    LAZY_ANGLE,
+    classify,
+    decade_angles,
+    decade_ratio,
+    finite_mean,
+    grid_motion,
+    probe_kernel,
+)
 from ntklab.experiments.tidy import row
 from ntklab.kernels.metrics import alignment, kernel_angle, kernel_distance, spectrum
 from ntklab.run.units import Unit
 from ntklab.scaling import fit_with_ci
-from ntklab.train import steps_to_epochs
 
 NAME = "kernel-evolution"
-U = "ntklab.experiments.evolution_units"
-UNIT_VERSION = 2  # 2: each repetition trains on its own draw of the training pool
-LAZY_ANGLE = 0.05  # rad: total angle below this reads "barely-moves"
-KEEPS_MOVING = 0.1  # second-half over first-half angular speed at or above this: "keeps-moving"
-DECADE_TURN = 0.5  # last decade's angle at least this fraction of the largest: "still turning"
-VERDICTS = ("barely-moves", "settles", "keeps-moving")
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def milestones(cfg: KernelEvolutionConfig) -> list[tuple[float, int]]:
-    """(milestone, first step trained at the lowered LR) of the ``step`` schedule (empty otherwise).
-
-    The step is the smallest t with t / total ≥ milestone, the comparison of
-    :func:`ntklab.train.lr_factor`; milestones at or after the end are dropped.
-    """
-    tc = cfg.train
-    total = tc.total_steps(cfg.evolution.n)
-    if tc.schedule != "step" or total <= 0:
-        return []
-    out = []
-    for m in sorted(tc.step_milestones):
-        t = max(0, math.floor(m * total) - 1)
-        while t / max(total, 1) < m:
-            t += 1
-        if 0 < t < total:
-            out.append((m, t))
-    return out
-
-
-def milestone_steps(cfg: KernelEvolutionConfig) -> list[int]:
-    """The LR-drop steps of :func:`milestones`."""
-    return sorted({t for _, t in milestones(cfg)})
-
-
-def even_steps(total: int, count: int) -> list[int]:
-    """``count`` steps evenly spaced over [0, total] (rounded to integers), both ends included."""
-    return sorted({round(k * total / (count - 1)) for k in range(count)})
-
-
-def decade_steps(total: int, decades: int) -> list[int]:
-    """total / 10^k for k = ``decades`` … 1, rounded, those ≥ 1, ascending (then ``total`` ends
-    the last decade)."""
-    return sorted({round(total / 10**k) for k in range(1, decades + 1)} - {0})
-
-
-def grid_steps(cfg: KernelEvolutionConfig) -> list[int]:
-    """The evenly spaced grid of the angular velocity."""
-    return even_steps(cfg.train.total_steps(cfg.evolution.n), cfg.evolution.n_checkpoints)
-
-
-def decade_points(cfg: KernelEvolutionConfig) -> list[int]:
-    """Decade boundaries T/10^decades < … < T/10 < T."""
-    total = cfg.train.total_steps(cfg.evolution.n)
-    return [*decade_steps(total, cfg.evolution.decades), total]
-
-
-def checkpoint_steps(cfg: KernelEvolutionConfig) -> list[int]:
-    """Every checkpoint: the grid, the decades, explicit steps and LR milestones t_m, t_m ± δ.
-
-    δ = round(``milestone_window`` · total): the angular velocities on [t_m − δ, t_m] (old LR)
-    and [t_m, t_m + δ] (new LR) are over equal intervals.
-    """
-    ev = cfg.evolution
-    total = cfg.train.total_steps(ev.n)
-    delta = round(ev.milestone_window * total)
-    steps = {*grid_steps(cfg), *decade_points(cfg), *(ev.checkpoint_steps or [])}
-    for t in milestone_steps(cfg):
-        steps |= {t, t - delta, t + delta}
-    return sorted(s for s in steps if 0 <= s <= total)
-
-
-# ----------------------------------------------------------------------------- units
-
-
-def _train_reads(cfg: KernelEvolutionConfig) -> dict[str, Any]:
-    return {
-        "seed": cfg.seed,
-        "data": data_reads(cfg),
-        "arch": arch_reads(cfg),
-        "train": cfg.train.model_dump(mode="json"),
-    }
-
-
-def train_unit(cfg: KernelEvolutionConfig, seed_index: int) -> Unit:
-    """Train repetition ``seed_index`` on ``evolution.n`` points, keeping every checkpoint."""
-    n = cfg.evolution.n
-    args = {"seed_index": seed_index, "n": n, "checkpoint_steps": checkpoint_steps(cfg)}
-    return Unit(
-        "train",
-        f"{U}:train_with_checkpoints",
-        args,
-        _train_reads(cfg),
-        version=UNIT_VERSION,
-        label=f"train n={n} seed={seed_index} ({len(args['checkpoint_steps'])} checkpoints)",
-    )
-
-
-def n_kernel_train(cfg: KernelEvolutionConfig) -> int:
-    """N: training points the kernel blocks cover, max(regress_n, probe_train)."""
-    return max(cfg.evolution.regress_n, cfg.evolution.probe_train)
-
-
-def kernel_unit(cfg: KernelEvolutionConfig, seed_index: int, step: int) -> Unit:
-    """eNTK blocks of repetition ``seed_index`` at checkpoint ``step``.
-
-    It reads the training unit's stored checkpoint (``after``). Its key holds what determines the
-    state at ``step`` — not the checkpoint list — and the points, so refining the checkpoints
-    retrains but reuses the kernels already computed.
-    """
-    args = {
-        "seed_index": seed_index,
-        "step": step,
-        "n_train": n_kernel_train(cfg),
-        "probe_test": cfg.evolution.probe_test,
-    }
-    reads = {
-        **_train_reads(cfg),
-        "n": cfg.evolution.n,
-        "mode": cfg.kernel.mode,
-        "output_index": cfg.kernel.output_index,
-    }
-    return Unit(
-        "entk",
-        f"{U}:kernels_at_checkpoint",
-        args,
-        reads,
-        version=UNIT_VERSION,
-        label=f"eNTK step={step} seed={seed_index}",
-        after=(train_unit(cfg, seed_index).key,),
-    )
 
 
 def plan(cfg: KernelEvolutionConfig) -> list[Unit]:
@@ -235,89 +83,6 @@ def plan(cfg: KernelEvolutionConfig) -> list[Unit]:
     return units
 
 
-# ----------------------------------------------------------------------------- kernel motion
-
-
-def angles(kernels: Sequence[np.ndarray]) -> list[float]:
-    """θ_i = θ(K_i, K_{i+1}) for consecutive kernels (length m − 1)."""
-    return [kernel_angle(a, b) for a, b in zip(kernels, kernels[1:])]
-
-
-def angular_velocities(kernels: Sequence[np.ndarray], epochs: Sequence[float]) -> list[float]:
-    """ω_i = θ(K_i, K_{i+1}) / (e_{i+1} − e_i), radians per epoch.
-
-    θ / dt is first order in a small change; S / dt (S = 1 − cos θ ≈ θ²/2) grows like dt for a
-    kernel drifting at a steady rate, so only ω is comparable across interval lengths.
-    """
-    return [th / (e1 - e0) for th, e0, e1 in zip(angles(kernels), epochs, epochs[1:])]
-
-
-def half_speeds(theta: Sequence[float], dt: Sequence[float]) -> tuple[float, float]:
-    """(ω̄₁, ω̄₂): angle per epoch over the first and the last ⌊m/2⌋ of m intervals.
-
-    ω̄ = Σθ_i / Σdt_i over the half; NaN with fewer than 2 intervals.
-    """
-    th, d = np.asarray(theta, np.float64), np.asarray(dt, np.float64)
-    h = len(th) // 2
-    if h == 0:
-        return math.nan, math.nan
-    return float(th[:h].sum() / d[:h].sum()), float(th[-h:].sum() / d[-h:].sum())
-
-
-def classify(total_angle: float, first: float, second: float) -> str | None:
-    """The verdict: ``barely-moves`` when Θ < LAZY_ANGLE, else ``keeps-moving`` when
-    ω̄₂ / ω̄₁ ≥ KEEPS_MOVING, else ``settles``; None when what it needs is not finite."""
-    if not math.isfinite(total_angle):
-        return None
-    if total_angle < LAZY_ANGLE:
-        return "barely-moves"
-    if not (math.isfinite(first) and math.isfinite(second) and first > 0):
-        return None
-    return "keeps-moving" if second / first >= KEEPS_MOVING else "settles"
-
-
-def grid_motion(kernels: Sequence[np.ndarray], epochs: Sequence[float]) -> dict[str, Any]:
-    """Kernel motion on an evenly spaced grid of checkpoints (kernels at ``epochs``, ascending).
-
-    Returns ``omega`` (per interval), ``first_half``, ``second_half`` (ω̄₁, ω̄₂),
-    ``second_over_first``, ``total_angle`` θ(K_first, K_last), ``path_angle`` Σθ_i,
-    ``peak`` and ``peak_epoch`` (largest ω and its interval's midpoint) and ``verdict``.
-    """
-    theta = angles(kernels)
-    dt = np.diff(np.asarray(epochs, np.float64))
-    omega = [th / d for th, d in zip(theta, dt)]
-    first, second = half_speeds(theta, dt)
-    total = kernel_angle(kernels[0], kernels[-1]) if len(kernels) > 1 else math.nan
-    i = int(np.argmax(omega)) if omega else 0
-    return {
-        "omega": omega,
-        "first_half": first,
-        "second_half": second,
-        "second_over_first": second / first if first > 0 else math.nan,
-        "total_angle": total,
-        "path_angle": float(np.sum(theta)) if theta else math.nan,
-        "peak": max(omega) if omega else math.nan,
-        "peak_epoch": float((epochs[i] + epochs[i + 1]) / 2) if omega else math.nan,
-        "verdict": classify(total, first, second),
-    }
-
-
-def decade_angles(kernels: Mapping[int, np.ndarray], points: Sequence[int]) -> list[tuple[int, int, float]]:
-    """(t, t', θ(K_t, K_t')) for consecutive decade boundaries ``points`` that both have a kernel."""
-    return [
-        (a, b, kernel_angle(kernels[a], kernels[b]))
-        for a, b in zip(points, points[1:])
-        if a in kernels and b in kernels
-    ]
-
-
-def decade_ratio(decade_list: Sequence[float]) -> float:
-    """The last decade's angle over the largest decade angle (NaN without decades)."""
-    if not decade_list or max(decade_list) <= 0:
-        return math.nan
-    return float(decade_list[-1] / max(decade_list))
-
-
 # ----------------------------------------------------------------------------- analysis
 
 
@@ -327,23 +92,19 @@ def kt_grid(cfg: KernelEvolutionConfig) -> list[int]:
     return sorted({n for n in cfg.data.n_grid() if n < r} | {r})
 
 
-def _epoch(cfg: KernelEvolutionConfig, step: int) -> float:
-    return steps_to_epochs(step, cfg.evolution.n, cfg.train.batch_size)
-
-
 def seed_series(
     cfg: KernelEvolutionConfig, seed: int, trained: dict, kernels: dict[int, dict], ctx: Any
 ) -> dict[str, Any]:
     """Every per-checkpoint quantity of repetition ``seed`` (checkpoints without a kernel skipped)."""
     s, ev = ctx.seed_splits(seed), cfg.evolution
     steps = [t for t in trained["steps"] if t in kernels]
-    epochs = [_epoch(cfg, t) for t in steps]
+    epochs = [epoch_at(cfg, t) for t in steps]
     probes = {t: probe_kernel(kernels[t]["blocks"], len(s.x_val), ev.probe_train) for t in steps}
     y_probe = s.y_train[: ev.probe_train]
     grid = [t for t in grid_steps(cfg) if t in probes]
 
     def motion_on(ts: list[int]) -> dict[str, Any]:
-        return grid_motion([probes[t] for t in ts], [_epoch(cfg, t) for t in ts])
+        return grid_motion([probes[t] for t in ts], [epoch_at(cfg, t) for t in ts])
 
     # every second grid checkpoint (an even number of intervals keeps both ends)
     half = motion_on(grid[::2]) if len(grid) % 2 == 1 and len(grid) >= 5 else {}
@@ -384,7 +145,7 @@ def seed_series(
         "half_resolution": half,
         "decades": decade_angles(probes, decade_points(cfg)),
         "milestones": milestone_report(cfg, probes),
-        "epoch1": {"epoch": _epoch(cfg, j), "angle_to_final": kernel_angle(probes[j], probes[steps[-1]])},
+        "epoch1": {"epoch": epoch_at(cfg, j), "angle_to_final": kernel_angle(probes[j], probes[steps[-1]])},
     }
 
 
@@ -396,7 +157,7 @@ def milestone_report(cfg: KernelEvolutionConfig, probes: Mapping[int, np.ndarray
     def omega(a: int, b: int) -> float:
         if a == b or a not in probes or b not in probes:
             return math.nan
-        return kernel_angle(probes[a], probes[b]) / (_epoch(cfg, b) - _epoch(cfg, a))
+        return kernel_angle(probes[a], probes[b]) / (epoch_at(cfg, b) - epoch_at(cfg, a))
 
     out = []
     for frac, t in milestones(cfg):
@@ -405,7 +166,7 @@ def milestone_report(cfg: KernelEvolutionConfig, probes: Mapping[int, np.ndarray
             {
                 "milestone": frac,
                 "step": t,
-                "epoch": _epoch(cfg, t),
+                "epoch": epoch_at(cfg, t),
                 "angular_velocity_before": before,
                 "angular_velocity_after": after,
                 "after_over_before": after / before if before > 0 else math.nan,
@@ -509,11 +270,6 @@ def seed_summary(cfg: KernelEvolutionConfig, series: dict[str, Any]) -> dict[str
     }
 
 
-def _mean(values: Sequence[Any]) -> float:
-    vals = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-    return float(np.mean(vals)) if vals else math.nan
-
-
 def mean_decades(cfg: KernelEvolutionConfig, per_seed: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Decade angles averaged over repetitions: {from_step, to_step, from_epoch, to_epoch, angle}."""
     pts = decade_points(cfg)
@@ -530,9 +286,9 @@ def mean_decades(cfg: KernelEvolutionConfig, per_seed: Sequence[dict[str, Any]])
                 {
                     "from_step": a,
                     "to_step": b,
-                    "from_epoch": _epoch(cfg, a),
-                    "to_epoch": _epoch(cfg, b),
-                    "angle": _mean(vals),
+                    "from_epoch": epoch_at(cfg, a),
+                    "to_epoch": epoch_at(cfg, b),
+                    "angle": finite_mean(vals),
                 }
             )
     return out
@@ -565,7 +321,7 @@ def kt_exponents(cfg: KernelEvolutionConfig, series_list: Sequence[dict[str, Any
             continue
         else:
             a = lo = hi = math.nan
-        out.append({"step": t, "epoch": _epoch(cfg, t), "alpha": a, "ci_low": lo, "ci_high": hi})
+        out.append({"step": t, "epoch": epoch_at(cfg, t), "alpha": a, "ci_low": lo, "ci_high": hi})
     return out
 
 
@@ -595,7 +351,7 @@ def analyze(
         rows += seed_rows(cfg, i, series)
         per_seed.append({"seed": i, **seed_summary(cfg, series)})
     # every key is present (NaN when no repetition finished), so summaries always share keys
-    evolution: dict[str, Any] = {k: _mean([p[k] for p in per_seed]) for k in SUMMARY_KEYS}
+    evolution: dict[str, Any] = {k: finite_mean([p[k] for p in per_seed]) for k in SUMMARY_KEYS}
     first, second = evolution["angular_speed_first_half"], evolution["angular_speed_second_half"]
     decades = mean_decades(cfg, per_seed)
     evolution.update(
@@ -603,8 +359,8 @@ def analyze(
             "verdict": classify(evolution["total_angle"], first, second),
             "verdict_half_resolution": classify(
                 evolution["total_angle"],
-                _mean([p["half_resolution_speeds"][0] for p in per_seed]),
-                _mean([p["half_resolution_speeds"][1] for p in per_seed]),
+                finite_mean([p["half_resolution_speeds"][0] for p in per_seed]),
+                finite_mean([p["half_resolution_speeds"][1] for p in per_seed]),
             ),
             "second_over_first_half": second / first if first > 0 else math.nan,
             "last_decade_over_max_decade": decade_ratio([d["angle"] for d in decades]),
@@ -641,7 +397,7 @@ def analyze(
         "evolution": evolution,
         "checkpoints": {
             "steps": steps,
-            "epochs": [_epoch(cfg, t) for t in steps],
+            "epochs": [epoch_at(cfg, t) for t in steps],
             "grid_steps": grid_steps(cfg),
             "decade_steps": decade_points(cfg),
             "milestone_steps": milestone_steps(cfg),

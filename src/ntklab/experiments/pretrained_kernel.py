@@ -34,14 +34,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ntklab.config import PretrainedKernelConfig
 from ntklab.experiments import data_scaling
 from ntklab.experiments.after_kernel import after_kernel_unit
 from ntklab.experiments.common import arch_label, regress_grid
 from ntklab.experiments.data_scaling import METRICS, entk_unit, kernel_rows
-from ntklab.experiments.tidy import differences, row, rows_from, scaling_summary
+from ntklab.experiments.tidy import differences, row, rows_from, scaling_summary, seed_means
+from ntklab.experiments.units import NETWORK_METRICS
 from ntklab.kernels.metrics import kernel_distance
 from ntklab.run.units import Unit
 
@@ -89,17 +88,8 @@ def pretrain_rows(cfg: PretrainedKernelConfig, name: str, res: dict, n0: int, se
     """The pre-trained network's own metrics (``pretrain_*``, at n = n0, step = T)."""
     w = cfg.arch.width
     return [
-        row(cfg.experiment, name, n0, w, seed, res["steps"], f"pretrain_{m}", res[m])
-        for m in ("test_mse", "test_error", "train_mse", "train_error")
+        row(cfg.experiment, name, n0, w, seed, res["steps"], f"pretrain_{m}", res[m]) for m in NETWORK_METRICS
     ]
-
-
-def mean_of(rows: list[dict], method: str, metric: str, n: int | None = None) -> float | None:
-    """Mean over repetitions of ``metric`` of ``method`` (at n when given); None if absent."""
-    vals = [
-        r["value"] for r in rows if r["method"] == method and r["metric"] == metric and n in (None, r["n"])
-    ]
-    return float(np.mean(vals)) if vals else None
 
 
 def analyze(
@@ -110,7 +100,7 @@ def analyze(
     q = min(MOVE_PROBE, n_max)
     rows = data_scaling.base_rows(cfg, results, ctx)
     for i in range(cfg.seeds):
-        init = results.get(entk_unit(cfg, n_max, i).key) if "entk" in cfg.methods else None
+        init = results.get(entk_unit(cfg, cfg.arch, n_max, i).key) if "entk" in cfg.methods else None
         for n0 in cfg.pretrained.n0:
             res = results.get(fixed_unit(cfg, n0, i).key)
             if res is None:
@@ -145,14 +135,16 @@ def analyze(
         rows, cfg.fit, cfg.seed, reference="entk", min_n=fit_ranges(cfg), methods=after_methods
     )
     methods = sorted({r["method"] for r in rows if r["metric"] == cfg.fit.metric})
-    mean_loss = {
-        m: {str(n): v for n in grid if (v := mean_of(rows, m, cfg.fit.metric, n)) is not None}
-        for m in methods
-    }
+    mean_loss = {}
+    for m in methods:
+        at_n = seed_means(rows, "n", method=m, metric=cfg.fit.metric)
+        mean_loss[m] = {str(n): at_n[n] for n in grid if n in at_n}
     after = [m for m in exps if m.startswith("after_kernel@")]
     fixed = [fixed_method(n0) for n0 in cfg.pretrained.n0]
-    moved = {m: v for m in fixed if (v := mean_of(rows, m, "kernel_distance_to_init")) is not None}
-    pre_loss = {m: v for m in fixed if (v := mean_of(rows, m, f"pretrain_{cfg.fit.metric}")) is not None}
+    moved_all = seed_means(rows, "method", metric="kernel_distance_to_init")
+    pre_all = seed_means(rows, "method", metric=f"pretrain_{cfg.fit.metric}")
+    moved = {m: moved_all[m] for m in fixed if m in moved_all}
+    pre_loss = {m: pre_all[m] for m in fixed if m in pre_all}
     summary = {
         **scaling,
         "alpha_minus_nn": {m: exps[m]["alpha"] - exps["nn"]["alpha"] for m in after if "nn" in exps},

@@ -120,13 +120,15 @@ def scaling_summary(
     }
 
 
-def mean_loss_at(rows: list[dict[str, Any]], metric: str, n: int) -> dict[str, float]:
-    """{method: mean over repetitions of ``metric`` at n} for every method that has it."""
-    vals: dict[str, list[float]] = {}
+def seed_means(rows: list[dict[str, Any]], by: str, **where: Any) -> dict[Any, float]:
+    """{value of column ``by``: mean of the rows' values} over the rows whose columns equal
+    ``where`` (e.g. ``seed_means(rows, "method", metric="test_mse", n=1024)``: each method's
+    test MSE at n = 1024 averaged over repetitions), sorted by ``by``."""
+    vals: dict[Any, list[float]] = {}
     for r in rows:
-        if r["metric"] == metric and r["n"] == n:
-            vals.setdefault(r["method"], []).append(r["value"])
-    return {m: float(np.mean(v)) for m, v in sorted(vals.items())}
+        if all(r[k] == v for k, v in where.items()):
+            vals.setdefault(r[by], []).append(r["value"])
+    return {k: float(np.mean(v)) for k, v in sorted(vals.items())}
 
 
 def training_summary(rows: list[dict[str, Any]], rule: str) -> dict[str, Any]:

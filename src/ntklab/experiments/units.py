@@ -11,13 +11,23 @@ from typing import Any
 import numpy as np
 import torch
 
+from ntklab.config import ArchConfig
 from ntklab.experiments.common import batch_seed, build_spec, eval_points, init_model
 from ntklab.kernels import empirical_ntk
 from ntklab.train import TrainResult, evaluate, train
 
+#: What :func:`network_metrics` measures of a network: test and training-set MSE and 0-1 error.
+NETWORK_METRICS = ("test_mse", "test_error", "train_mse", "train_error")
+
 
 def _budget(ctx: Any) -> int:
     return ctx.cfg.kernel.memory_budget_mb * 2**20
+
+
+def arch_of(ctx: Any, arch: dict[str, Any] | None) -> ArchConfig:
+    """The architecture a unit received as ``arch``
+    (:func:`~ntklab.experiments.common.arch_arg`); None: the run's."""
+    return ctx.cfg.arch if arch is None else ArchConfig.model_validate(arch)
 
 
 def kernel_blocks(ctx: Any, kernel_fn, n: int, seed_index: int) -> dict[str, np.ndarray]:
@@ -73,21 +83,21 @@ def training_rows(n: int, from_end: bool = False) -> slice:
 
 def train_on(
     ctx: Any,
+    arch: ArchConfig,
     n: int,
     seed_index: int,
     steps: int | None = None,
-    width: int | None = None,
     from_end: bool = False,
     lr: float | None = None,
 ) -> TrainResult:
-    """The network of repetition ``seed_index`` trained on its n training rows
+    """The network ``arch`` of repetition ``seed_index`` trained on its n training rows
     (:func:`training_rows`) for ``steps`` steps (default: the config's rule), with that
     repetition's init, data subset and batch order. The validation split drives early
     stopping when ``train.early_stopping`` is set; ``lr`` replaces ``train.lr``."""
     s, rows = ctx.seed_splits(seed_index), training_rows(n, from_end)
     cfg = ctx.cfg.train if lr is None else ctx.cfg.train.model_copy(update={"lr": lr})
     return train(
-        init_model(ctx, seed_index, width),
+        init_model(ctx, seed_index, arch),
         ctx.tensor(s.x_train[rows]),
         ctx.tensor(s.y_train[rows]),
         ctx.tensor(s.labels_train[rows], torch.long),
@@ -116,7 +126,9 @@ def train_record(res: TrainResult) -> dict[str, Any]:
 def network_metrics(
     ctx: Any, model: torch.nn.Module, n: int, seed_index: int, from_end: bool = False
 ) -> dict[str, float]:
-    """Test MSE and 0-1 error of ``model``, and the same on its n training points."""
+    """:data:`NETWORK_METRICS` of ``model``: test MSE and 0-1 error, and the same on the n
+    training rows of repetition ``seed_index`` (:func:`training_rows`). Leaves ``model`` in
+    eval mode."""
     s, rows = ctx.seed_splits(seed_index), training_rows(n, from_end)
     test = evaluate(model, ctx.tensor(s.x_test), ctx.tensor(s.y_test), ctx.tensor(s.labels_test, torch.long))
     fit = evaluate(
@@ -125,29 +137,19 @@ def network_metrics(
         ctx.tensor(s.y_train[rows]),
         ctx.tensor(s.labels_train[rows], torch.long),
     )
-    return {
-        "test_mse": test["mse"],
-        "test_error": test["error"],
-        "train_mse": fit["mse"],
-        "train_error": fit["error"],
-    }
+    return dict(zip(NETWORK_METRICS, (test["mse"], test["error"], fit["mse"], fit["error"])))
 
 
 def train_network(
-    ctx: Any,
-    n: int,
-    seed_index: int,
-    width: int | None = None,
-    steps: int | None = None,
-    lr_from: str | None = None,
+    ctx: Any, n: int, seed_index: int, arch: dict[str, Any] | None = None, lr_from: str | None = None
 ) -> dict[str, Any]:
-    """Train the network of repetition ``seed_index`` on its first n samples; test metrics of
-    the kept (best-validation with early stopping) weights and how training went. With
-    ``lr_from`` (the key of a unit that chose the learning rate on validation) its ``lr``
-    replaces ``train.lr``."""
+    """Train the network ``arch`` (:func:`arch_of`) of repetition ``seed_index`` on its first n
+    samples; test metrics of the kept (best-validation with early stopping) weights and how
+    training went. With ``lr_from`` (the key of a unit that chose the learning rate on
+    validation) its ``lr`` replaces ``train.lr``."""
     t0 = time.perf_counter()
     lr = stored(ctx, lr_from)["lr"] if lr_from else None
-    res = train_on(ctx, n, seed_index, steps, width, lr=lr)
+    res = train_on(ctx, arch_of(ctx, arch), n, seed_index, lr=lr)
     return {
         **network_metrics(ctx, res.model, n, seed_index),
         **train_record(res),
@@ -167,10 +169,13 @@ def stored(ctx: Any, key: str) -> Any:
     return store.load(key)
 
 
-def entk_at_init(ctx: Any, n: int, seed_index: int, width: int | None = None) -> dict[str, np.ndarray]:
-    """The eNTK at initialization of repetition ``seed_index`` on its first n training points,
-    with the network's outputs there (``f0_train``, ``f0_cross``)."""
-    model = init_model(ctx, seed_index, width).eval()  # BatchNorm uses its running statistics
+def entk_at_init(
+    ctx: Any, n: int, seed_index: int, arch: dict[str, Any] | None = None
+) -> dict[str, np.ndarray]:
+    """The eNTK at initialization of the network ``arch`` (:func:`arch_of`) of repetition
+    ``seed_index`` on its first n training points, with the network's outputs there
+    (``f0_train``, ``f0_cross``)."""
+    model = init_model(ctx, seed_index, arch_of(ctx, arch)).eval()  # BatchNorm uses its running statistics
     return {
         **kernel_blocks(ctx, entk_kernel_fn(ctx, model), n, seed_index),
         **outputs_at(ctx, model, n, seed_index),

@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from ntklab.config import WidthScalingConfig
-from ntklab.experiments.common import arch_label, init_model, unit_reads
+from ntklab.config import ArchConfig, WidthScalingConfig
+from ntklab.experiments.common import arch_arg, arch_label, init_model, unit_reads
 from ntklab.experiments.data_scaling import (
     common_summary,
     entk_unit,
@@ -42,8 +42,8 @@ from ntklab.experiments.data_scaling import (
     nn_rows,
     train_unit,
 )
-from ntklab.experiments.tidy import differences, exponents, row
-from ntklab.experiments.units import entk_kernel_fn, train_on
+from ntklab.experiments.tidy import differences, exponents, row, seed_means
+from ntklab.experiments.units import arch_of, entk_kernel_fn, train_on
 from ntklab.kernels.empirical.mode import Mode
 from ntklab.kernels.metrics import kernel_distance, relative_error
 from ntklab.run.units import Unit
@@ -59,10 +59,10 @@ def method(base: str, width: int) -> str:
     return f"{base}@w{width}"
 
 
-def unit_width(cfg: WidthScalingConfig, width: int) -> int | None:
-    """The ``width`` argument of a unit: None for ``arch.width`` itself, so the unit is the very
-    unit ``data-scaling`` plans (one stored result serves both experiments)."""
-    return None if width == cfg.arch.width else width
+def at_width(cfg: WidthScalingConfig, width: int) -> ArchConfig:
+    """The config's architecture at ``width``: at ``arch.width`` itself the very architecture
+    ``data-scaling`` builds, so its units are data-scaling's (one stored result serves both)."""
+    return cfg.arch.model_copy(update={"width": width})
 
 
 def has_distance(cfg: WidthScalingConfig) -> bool:
@@ -73,19 +73,22 @@ def has_distance(cfg: WidthScalingConfig) -> bool:
 # ----------------------------------------------------------------------------- units
 
 
-def entk_probe(ctx: Any, n: int, seed_index: int, width: int | None = None) -> dict[str, np.ndarray]:
-    """Unit: the eNTK at init of repetition ``seed_index`` on train[:n] only (no cross block)."""
-    model = init_model(ctx, seed_index, width)
+def entk_probe(
+    ctx: Any, n: int, seed_index: int, arch: dict[str, Any] | None = None
+) -> dict[str, np.ndarray]:
+    """Unit: the eNTK at init of the network ``arch`` (:func:`~ntklab.experiments.units.arch_of`)
+    of repetition ``seed_index`` on train[:n] only (no cross block)."""
+    model = init_model(ctx, seed_index, arch_of(ctx, arch))
     xt = ctx.tensor(ctx.seed_splits(seed_index).x_train[:n])
     return {"train": entk_kernel_fn(ctx, model)(xt, None).cpu().numpy()}
 
 
-def choose_lr(ctx: Any, n: int, width: int | None, lrs: list[float]) -> dict[str, Any]:
-    """Unit: the learning rate of ``lrs`` whose network (repetition 0, n samples, the config's
-    training rule) reaches the lowest validation loss; ``{"lr", "lrs", "val_loss"}``."""
+def choose_lr(ctx: Any, n: int, arch: dict[str, Any], lrs: list[float]) -> dict[str, Any]:
+    """Unit: the learning rate of ``lrs`` whose network ``arch`` (repetition 0, n samples, the
+    config's training rule) reaches the lowest validation loss; ``{"lr", "lrs", "val_loss"}``."""
     val = []
     for lr in lrs:
-        res = train_on(ctx, n, 0, width=width, lr=lr)
+        res = train_on(ctx, arch_of(ctx, arch), n, 0, lr=lr)
         losses = [h["val_loss"] for h in res.val_history if np.isfinite(h["val_loss"])]
         val.append(min(losses) if losses else float("inf"))
     return {"lr": float(lrs[int(np.argmin(val))]), "lrs": list(lrs), "val_loss": val}
@@ -96,31 +99,30 @@ def lr_unit(cfg: WidthScalingConfig, width: int) -> Unit | None:
     ``lr_grid``): trained on the largest n, where under-training shows most."""
     if not cfg.lr_grid:
         return None
-    w = unit_width(cfg, width)
-    args = {"n": cfg.data.n_max, "width": w, "lrs": list(cfg.lr_grid)}
+    args = {"n": cfg.data.n_max, "arch": arch_arg(at_width(cfg, width)), "lrs": list(cfg.lr_grid)}
     return Unit(
         "train",
         "ntklab.experiments.width_scaling:choose_lr",
         args,
-        unit_reads(cfg, w, train=True),
+        unit_reads(cfg, arch=False, train=True),
         label=f"choose lr w={width} from {list(cfg.lr_grid)}",
     )
 
 
 def network_unit(cfg: WidthScalingConfig, n: int, seed_index: int, width: int) -> Unit:
     """The network of width ``width`` at n, with its width's chosen learning rate."""
-    return train_unit(cfg, n, seed_index, unit_width(cfg, width), lr_from=lr_unit(cfg, width))
+    return train_unit(cfg, at_width(cfg, width), n, seed_index, lr_from=lr_unit(cfg, width))
 
 
 def probe_unit(cfg: WidthScalingConfig, seed_index: int, width: int) -> Unit:
     """eNTK at init on the probe set only, for widths without a full eNTK unit."""
-    w = unit_width(cfg, width)
-    args = {"n": cfg.probe_size, "seed_index": seed_index, "width": w}
+    arch = at_width(cfg, width)
+    args = {"n": cfg.probe_size, "seed_index": seed_index, "arch": arch_arg(arch)}
     return Unit(
         "entk",
         "ntklab.experiments.width_scaling:entk_probe",
         args,
-        unit_reads(cfg, w, kernel=True),
+        unit_reads(cfg, arch=False, kernel=True),
         version=2,
         label=f"eNTK probe n={cfg.probe_size} seed={seed_index} w={width}",
     )
@@ -146,7 +148,7 @@ def reference_units(cfg: WidthScalingConfig, seed_index: int) -> list[Unit]:
 def init_kernel_unit(cfg: WidthScalingConfig, seed_index: int, width: int) -> Unit | None:
     """The unit whose result holds the eNTK at init of ``width`` on the probe set."""
     if width in cfg.widths and "entk" in cfg.methods:
-        return entk_unit(cfg, cfg.data.n_max, seed_index, unit_width(cfg, width))
+        return entk_unit(cfg, at_width(cfg, width), cfg.data.n_max, seed_index)
     if has_distance(cfg):
         return probe_unit(cfg, seed_index, width)
     return None
@@ -256,12 +258,7 @@ def analyze(cfg: WidthScalingConfig, results: dict[str, Any], ctx: Any) -> tuple
     for w in cfg.widths:
         others = [method("entk", w), "ntk", "nngp"]
         diffs |= differences(rows, cfg.fit, cfg.seed, reference=method("nn", w), methods=others)
-    distances: dict[str, float] = {}
-    for w in [*cfg.widths, *cfg.probe_widths]:
-        vals = [r["value"] for r in rows if r["metric"] == DISTANCE and r["width"] == w]
-        if vals:
-            distances[str(w)] = float(np.mean(vals))
-    distances = dict(sorted(distances.items(), key=lambda kv: int(kv[0])))
+    distances = {str(w): d for w, d in seed_means(rows, "width", metric=DISTANCE).items()}
     shared = common_summary(cfg, rows)
     at_max = shared["test_loss_at_n_max"]
     per_width: dict[str, dict[str, Any]] = {}

@@ -27,6 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ntklab.experiments.kernel_motion import LAZY_ANGLE  # noqa: E402
 from ntklab.report.figures import save  # noqa: E402
 
 Series = dict[int, tuple[np.ndarray, np.ndarray]]
@@ -114,8 +115,6 @@ def _half_segments(ax: plt.Axes, summary: dict[str, Any], rows: list[dict[str, A
 
 def kernel_motion_figure(rows: list[dict[str, Any]], summary: dict[str, Any], path: Path, title: str) -> Path:
     """Angle to init; ω on the even grid (linear epochs); angle per decade (log epochs)."""
-    from ntklab.experiments.kernel_evolution import LAZY_ANGLE
-
     fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(13, 3.8))
     _plot(a1, series(rows, "angle_to_init"), "C1", "θ(K_0, K_t)", marker="o", ms=3)
     a1.axhline(LAZY_ANGLE, color="gray", ls="--", lw=1, label="barely moves below")
