@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -628,6 +629,35 @@ def test_executor_skips_whole_repetitions(tmp_path: Path) -> None:
     seed0 = {u.key for u in units if u.args["seed_index"] == 0}
     assert set(out.computed) == seed0 and not out.failed  # the first repetition always runs
     assert guard.skipped and all("seed=1" in label for label in guard.skipped)
+
+
+def test_units_reading_a_skipped_unit_are_left_unrun_not_failed(tmp_path: Path) -> None:
+    from ntklab.config import validate
+    from ntklab.experiments import kernel_evolution
+    from ntklab.run.local import LocalExecutor
+    from ntklab.run.schedule import Budget
+    from ntklab.run.store import Store
+    from ntklab.run.units import Unit
+
+    cfg = validate({"experiment": "kernel-evolution", "data": {"name": "digits"}})
+    units = kernel_evolution.plan(cfg)
+    store = Store(tmp_path / "store")
+
+    class NoTraining(Budget):
+        def __init__(self) -> None:
+            self.left_unrun: list[str] = []
+
+        def skip(self, unit: Unit, waiting: Sequence[Unit], busy: int) -> list[Unit]:
+            return [unit] if unit.fn.endswith(":train_with_checkpoints") else []
+
+        def left(self, units: Sequence[Unit]) -> None:
+            self.left_unrun += [u.key for u in units]
+
+    budget = NoTraining()
+    out = LocalExecutor(budget=budget).run(units, None, store)
+    assert not out.computed and not out.failed
+    assert sorted(budget.left_unrun) == sorted({u.key for u in units})
+    assert not any(store.failure(u.key) for u in units)  # a later run computes them
 
 
 def top_level_factory(num_outputs: int) -> nn.Module:
