@@ -90,7 +90,7 @@ def bench_cache(root: Path, overrides: list[str]) -> dict[str, Any]:
 
 
 def bench_executors(root: Path, overrides: list[str], workers: int) -> dict[str, Any]:
-    from ntklab.run.executors import LocalExecutor
+    from ntklab.run.local import LocalExecutor
     from ntklab.run.ray_executor import RayExecutor
 
     prepare_data(overrides)

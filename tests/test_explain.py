@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +25,11 @@ from ntklab.explain import (
     SHORT_RULES,
     STOP_PRIOR,
     TRAIN_RULES,
+    BudgetGuard,
     Calibration,
     CostModel,
     Estimator,
     Inputs,
-    PlanExecutor,
     Probe,
     choose_plan,
     head_levels,
@@ -582,6 +583,7 @@ def test_executor_skips_units_past_the_deadline(tmp_path: Path) -> None:
     from ntklab.config import validate
     from ntklab.experiments import data_scaling
     from ntklab.progress import progress_bar
+    from ntklab.run.local import LocalExecutor
     from ntklab.run.store import Store
 
     cfg = validate({"experiment": "data-scaling", "data": {"name": "digits", "n_min": 32, "n_max": 64}})
@@ -593,10 +595,10 @@ def test_executor_skips_units_past_the_deadline(tmp_path: Path) -> None:
             self.cfg = cfg
 
     with progress_bar(total=len(units), desc="t", enabled=False) as bar:
-        ex = PlanExecutor(cfg, CostModel(fake_probe()), time.perf_counter() - 1, Calibration(), bar)
-        out = ex.run(units, Ctx(), store)
+        guard = BudgetGuard(cfg, CostModel(fake_probe()), time.perf_counter() - 1, Calibration(), bar, store)
+        out = LocalExecutor(budget=guard).run(units, Ctx(), store)
     assert not out.computed and not out.failed
-    assert len(ex.skipped) == len({u.key for u in units})
+    assert len(guard.skipped) == len({u.key for u in units})
     assert not any(store.has(u.key) for u in units)  # missing, not failed: a re-run computes them
 
 
@@ -605,6 +607,7 @@ def test_executor_skips_whole_repetitions(tmp_path: Path) -> None:
     from ntklab.experiments import data_scaling
     from ntklab.progress import progress_bar
     from ntklab.run.context import RunContext
+    from ntklab.run.local import LocalExecutor
     from ntklab.run.store import Store
 
     cfg = validate(
@@ -621,11 +624,40 @@ def test_executor_skips_whole_repetitions(tmp_path: Path) -> None:
     slow = CostModel(fake_probe(step_s=1000.0))  # every unit looks far too long for the deadline
     now = time.perf_counter()
     with progress_bar(total=len(units), desc="t", enabled=False) as bar:
-        ex = PlanExecutor(cfg, slow, now + 1.0, Calibration(), bar, hard_deadline=now + 1e7)
-        out = ex.run(units, RunContext(cfg, progress=False), store)
+        guard = BudgetGuard(cfg, slow, now + 1.0, Calibration(), bar, store, hard_deadline=now + 1e7)
+        out = LocalExecutor(budget=guard).run(units, RunContext(cfg, progress=False, store=store), store)
     seed0 = {u.key for u in units if u.args["seed_index"] == 0}
     assert set(out.computed) == seed0 and not out.failed  # the first repetition always runs
-    assert ex.skipped and all("seed=1" in label for label in ex.skipped)
+    assert guard.skipped and all("seed=1" in label for label in guard.skipped)
+
+
+def test_units_reading_a_skipped_unit_are_left_unrun_not_failed(tmp_path: Path) -> None:
+    from ntklab.config import validate
+    from ntklab.experiments import kernel_evolution
+    from ntklab.run.local import LocalExecutor
+    from ntklab.run.schedule import Budget
+    from ntklab.run.store import Store
+    from ntklab.run.units import Unit
+
+    cfg = validate({"experiment": "kernel-evolution", "data": {"name": "digits"}})
+    units = kernel_evolution.plan(cfg)
+    store = Store(tmp_path / "store")
+
+    class NoTraining(Budget):
+        def __init__(self) -> None:
+            self.left_unrun: list[str] = []
+
+        def skip(self, unit: Unit, waiting: Sequence[Unit], busy: int) -> list[Unit]:
+            return [unit] if unit.fn.endswith(":train_with_checkpoints") else []
+
+        def left(self, units: Sequence[Unit]) -> None:
+            self.left_unrun += [u.key for u in units]
+
+    budget = NoTraining()
+    out = LocalExecutor(budget=budget).run(units, None, store)
+    assert not out.computed and not out.failed
+    assert sorted(budget.left_unrun) == sorted({u.key for u in units})
+    assert not any(store.failure(u.key) for u in units)  # a later run computes them
 
 
 def top_level_factory(num_outputs: int) -> nn.Module:

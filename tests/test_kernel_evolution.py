@@ -27,7 +27,7 @@ from ntklab.experiments.kernel_motion import probe_kernel
 from ntklab.kernels import empirical_ntk
 from ntklab.kernels.metrics import alignment, kernel_angle, kernel_distance
 from ntklab.run.context import RunContext
-from ntklab.run.executors import unit_environment
+from ntklab.run.execute import unit_environment
 from ntklab.train import lr_factor, train
 
 OVERRIDES = [

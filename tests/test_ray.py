@@ -16,7 +16,7 @@ from ntklab.cli import main
 from ntklab.config import load_config
 from ntklab.errors import NtkLabError
 from ntklab.experiments import data_scaling
-from ntklab.run.executors import config_payload, run_in_worker
+from ntklab.run.execute import config_payload, run_in_worker
 from ntklab.run.ray_executor import RayExecutor, task_options
 from ntklab.run.runner import run_experiment
 from ntklab.run.store import Store

@@ -280,7 +280,7 @@ def test_units_run_after_the_units_they_read(tmp_path: Path) -> None:
 
     import numpy as np
 
-    from ntklab.run.executors import LocalExecutor
+    from ntklab.run.local import LocalExecutor
     from ntklab.run.store import Store
     from ntklab.run.units import Unit
 

@@ -24,7 +24,7 @@ import torch
 from ntklab.cli import main
 from ntklab.config import load_config
 from ntklab.experiments import data_scaling
-from ntklab.run.executors import LocalExecutor
+from ntklab.run.local import LocalExecutor
 from ntklab.run.store import MAGIC, CorruptEntryError, Store, decode, encode
 from ntklab.run.units import Unit
 from tiny import tiny_sweep

@@ -12,7 +12,8 @@ import logging
 import sys
 from pathlib import Path
 
-from ntklab.cli_explain import _positive_int, add_subcommands
+from ntklab.cli_args import non_negative_float, positive_int
+from ntklab.cli_explain import add_subcommands
 from ntklab.errors import NtkLabError
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -83,17 +84,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _non_negative_float(text: str) -> float:
-    """argparse type: a number >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0; got {text!r}")
-    return value
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ntklab", description="Does the NTK explain how my network generalizes?")
     p.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug logging")
@@ -120,7 +110,7 @@ def parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--workers",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="units at a time: local worker processes (default one per core, at most 8; 1 = in-process), "
@@ -128,14 +118,14 @@ def parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--threads",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="torch threads per unit, in every executor (default: the unit's declared CPUs, 1)",
     )
     run.add_argument(
         "--gpus",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=None,
         metavar="G",
         help="Ray only: GPUs per unit, e.g. 1, or 0.25 to run four units on one GPU "

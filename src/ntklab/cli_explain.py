@@ -17,31 +17,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ntklab.cli_args import positive_float, positive_int
 from ntklab.errors import NtkLabError
 
 ARCHS = ("mlp", "cnn1d", "myrtle")
-
-
-def _positive_float(text: str) -> float:
-    """argparse type: a number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number; got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}")
-    return value
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -117,21 +96,21 @@ def add_subcommands(subparsers: Any) -> None:
     budget = ex.add_mutually_exclusive_group()
     budget.add_argument(
         "--budget-minutes",
-        type=_positive_float,
+        type=positive_float,
         default=None,
         metavar="M",
         help="wall-clock budget in minutes (default 10)",
     )
     budget.add_argument(
         "--budget",
-        type=_positive_float,
+        type=positive_float,
         default=None,
         metavar="SECONDS",
         help="wall-clock budget in seconds (instead of --budget-minutes)",
     )
     ex.add_argument("--out", metavar="DIR", help="output folder (default runs/explain-DIGEST)")
-    ex.add_argument("--n-max", type=_positive_int, metavar="N", help="largest training-set size to plan")
-    ex.add_argument("--workers", type=_positive_int, metavar="N", help="worker processes (default: all CPUs)")
+    ex.add_argument("--n-max", type=positive_int, metavar="N", help="largest training-set size to plan")
+    ex.add_argument("--workers", type=positive_int, metavar="N", help="worker processes (default: all CPUs)")
     ex.add_argument(
         "--set",
         action="append",

@@ -10,15 +10,21 @@ import torch
 
 from ntklab.config import AnyConfig
 from ntklab.data.prepare import Splits
+from ntklab.run.store import Store
 from ntklab.run.units import derive_seed
 
 
 class RunContext:
-    """Holds the resolved config and lazily loads the data once per process."""
+    """Holds the resolved config and lazily loads the data once per process.
 
-    def __init__(self, cfg: AnyConfig, progress: bool | None = None) -> None:
+    ``store``: the unit store, for units that read other units' results (``Unit.after``);
+    None: they read the default store.
+    """
+
+    def __init__(self, cfg: AnyConfig, progress: bool | None = None, store: Store | None = None) -> None:
         self.cfg = cfg
         self.progress = progress
+        self.store = store
         self._seed_splits: dict[int, Splits] = {}
 
     @cached_property

@@ -28,15 +28,8 @@ from typing import Any
 
 from ntklab.errors import NtkLabError
 from ntklab.progress import progress_bar
-from ntklab.run.executors import (
-    Outcome,
-    Schedule,
-    config_payload,
-    count_result,
-    pending,
-    run_in_worker,
-    with_threads,
-)
+from ntklab.run.execute import config_payload, run_in_worker
+from ntklab.run.schedule import Outcome, Schedule, count_result, pending, with_threads
 from ntklab.run.store import Store
 from ntklab.run.units import Unit
 

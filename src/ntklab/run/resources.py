@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ntklab.errors import ResourceError
+from ntklab.kernels.empirical.mode import Mode
 from ntklab.run.store import Store
 from ntklab.run.units import Unit
 
@@ -39,7 +40,7 @@ class Shape:
     @property
     def entry(self) -> int:
         """Bytes of one (x, x') entry: C×C blocks in ``full`` mode, else one float64."""
-        return F64 * (self.outputs**2 if self.mode == "full" else 1)
+        return F64 * Mode(self.mode, self.outputs).entries
 
 
 def _n(args: dict[str, Any], name: str = "n") -> int:

@@ -26,9 +26,10 @@ from ntklab.errors import RunDirError
 from ntklab.experiments.common import build_spec, init_model
 from ntklab.experiments.tidy import COLUMNS
 from ntklab.run.context import RunContext
-from ntklab.run.executors import LocalExecutor, Outcome, with_threads
 from ntklab.run.lease import holding
+from ntklab.run.local import LocalExecutor
 from ntklab.run.resources import Shape, check_resources
+from ntklab.run.schedule import Outcome, with_threads
 from ntklab.run.store import CorruptEntryError, Store, atomic_write
 
 log = logging.getLogger(__name__)
@@ -139,8 +140,7 @@ def run_experiment(
     store = store or default_store()
     executor = executor or LocalExecutor()
     exp = experiments.get(cfg.experiment)
-    ctx = RunContext(cfg, progress)
-    ctx.store = store  # type: ignore[attr-defined]  # units that read other units' results
+    ctx = RunContext(cfg, progress, store)
     check_inputs(cfg, ctx)
     units = exp.plan(cfg)
     check_resources(units, kernel_shape(cfg, ctx), store, cfg.kernel.memory_budget_mb)

@@ -1,0 +1,283 @@
+"""Running a plan: the experiments one after the other under the budget, re-planned between
+them, on one pool of worker processes with one progress bar; then the report."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ntklab.config import AnyConfig
+from ntklab.errors import NtkLabError, RunDirError
+from ntklab.explain.budget import CALIBRATION_EVIDENCE, STOP_PRIOR, BudgetGuard, Calibration, Clock
+from ntklab.explain.costs import EXPERIMENTS, CostModel, Estimator, available_experiments, plan_units
+from ntklab.explain.inputs import Inputs
+from ntklab.explain.network_check import best_steps, network_check
+from ntklab.explain.plan import Plan, choose_plan, describe_config, replan
+from ntklab.explain.probe import Probe
+from ntklab.explain.state import cfg_json, new_state, resumed_plan, save_state
+
+if TYPE_CHECKING:
+    from ntklab.run.local import LocalExecutor
+
+SAFETY = 0.85  # plan at most this fraction of the time left (the budget guard keeps the rest)
+LATE_SAFETY = 0.9  # when re-planning after an experiment, with the calibrated cost model
+GROW_BELOW = 0.7  # re-plan larger when the rest is estimated below this share of the time left
+MIN_SPEEDUP = 1.25  # below this parallel speed-up (probe), units run in process
+WORKER_START_S = 8.0  # spawning the worker processes and importing torch there
+REPORT_RESERVE_S = 3.0  # writing report.html / report.md
+
+
+def run_plan(
+    inputs: Inputs,
+    out_dir: Path,
+    state: dict[str, Any] | None,
+    probe: Probe,
+    base_cfg: AnyConfig,
+    clock: Clock,
+    n_workers: int,
+    workers: int | None,
+    overrides: Sequence[str],
+    config: str | Path | None,
+    budget_minutes: float,
+    progress: bool | None,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    """:func:`explain` after the probe: plan, run the experiments, write the report."""
+    from ntklab.progress import progress_bar
+    from ntklab.report.verdicts import verdicts
+    from ntklab.report.write import write_report
+    from ntklab.run.local import LocalExecutor
+    from ntklab.run.runner import default_store
+
+    if workers is None and n_workers > 1 and n_workers / probe.contention < MIN_SPEEDUP:
+        n_workers = 1  # the cores are busy: worker processes would only add their start-up
+    out_dir.mkdir(parents=True, exist_ok=True)
+    store = default_store()
+    costs = CostModel(
+        probe, n_workers, budget_bytes=base_cfg.kernel.memory_budget_mb * 2**20, stop_fraction=STOP_PRIOR
+    )
+    estimator = Estimator(costs, store)
+    reserve = REPORT_RESERVE_S + (WORKER_START_S if n_workers > 1 else 0.0)
+    if state is not None and state.get("plan_configs"):
+        try:
+            plan = resumed_plan(state, estimator)
+        except (KeyError, TypeError, AttributeError, ValueError):  # not the state ntklab wrote
+            raise RunDirError(
+                f"{out_dir / 'explain.json'} is damaged; remove it or choose another --out."
+            ) from None
+        say(f"resuming the explain run in {out_dir} (finished units are reused)")
+    else:
+        plan = choose_plan(inputs, probe, estimator, SAFETY * (clock.left() - reserve))
+        state = new_state(inputs, plan, clock.budget_s, budget_minutes, overrides, config)
+    missing = [e for e in EXPERIMENTS if e not in available_experiments()]
+    state.update(
+        probe=asdict(probe),
+        workers=n_workers,
+        plan=plan.describe(),
+        plan_fits=plan.fits,
+        experiments=[{"name": n, "dir": n, "status": "pending"} for n in EXPERIMENTS],
+        notes=[],
+    )
+    _echo_plan(say, probe, plan, clock.budget_s, n_workers)
+    save_state(out_dir, state)
+
+    calibration = Calibration(min_seconds=max(3.0, CALIBRATION_EVIDENCE * plan.total))
+    summaries: dict[str, dict[str, Any]] = {}
+    executor = LocalExecutor(n_workers, keep_pool=True)
+    executor.name = "explain"  # summary.json names what ran the units: explain's budgeted runs
+    executor.open()
+    try:
+        with progress_bar(
+            total=_count_units(plan.configs, EXPERIMENTS), desc="explain", enabled=progress
+        ) as bar:
+            for name in EXPERIMENTS:
+                plan = _run_one(
+                    name, plan, state, inputs, estimator, calibration, clock, bar, executor,
+                    out_dir, store, summaries, missing, say,
+                )  # fmt: skip
+    finally:
+        executor.close()
+    ds_cfg = plan.configs.get("data-scaling")
+    if ds_cfg is not None and "data-scaling" in summaries:
+        kept_at = best_steps(out_dir / "data-scaling" / "results.csv", ds_cfg.data.n_max)
+        state["training"] = network_check(ds_cfg, summaries["data-scaling"], plan.head.short, kept_at)
+        state["notes"] += state["training"]["notes"]
+        for line in state["training"]["notes"]:
+            say(line)
+    state["calibration_factor"] = round(calibration.factor, 3)
+    state["stop_fraction"] = round(calibration.stop_fraction, 3)
+    state["seconds"] = round(clock.elapsed() + 1.0, 1)  # the report takes about a second
+    save_state(out_dir, state)
+    html_path, md_path = write_report(out_dir)
+    for name, summary in summaries.items():
+        for v in verdicts(summary):
+            say(f"[{name}] {v.text}")
+    say(f"report: {html_path} ({clock.elapsed():.0f} s of a {clock.budget_s:.0f} s budget)")
+    return {
+        **state,
+        "summaries": summaries,
+        "report_html": str(html_path),
+        "report_md": str(md_path),
+        "out": str(out_dir),
+    }
+
+
+def _run_one(
+    name: str,
+    plan: Plan,
+    state: dict[str, Any],
+    inputs: Inputs,
+    estimator: Estimator,
+    calibration: Calibration,
+    clock: Clock,
+    bar: Any,
+    executor: LocalExecutor,
+    out_dir: Path,
+    store: Any,
+    summaries: dict[str, dict[str, Any]],
+    missing: Sequence[str],
+    say: Callable[[str], None],
+) -> Plan:
+    """Run experiment ``name`` of ``plan`` (re-planning what is left when running late);
+    returns the plan, shrunk or not. Updates ``state``, ``summaries`` and ``explain.json``."""
+    from ntklab.run.runner import run_experiment
+
+    rec = next(r for r in state["experiments"] if r["name"] == name)
+    costs = estimator.costs
+    costs.factor = calibration.factor  # estimates from here on use what was measured so far
+    costs.stop_fraction = calibration.stop_fraction
+    estimator.forget()  # the units of the experiments run so far are stored now
+    left = clock.left() - REPORT_RESERVE_S
+    resumed = (out_dir / name / "run.json").is_file()  # ran before: keep its config (same unit keys)
+    if name != "data-scaling" and not resumed and "data-scaling" in plan.configs:
+        plan = _adjust(name, plan, state, inputs, estimator, left, bar, say)
+    if name not in plan.configs:
+        note = (
+            "no module in this install" if name in missing else f"not enough time left ({max(left, 0):.0f} s)"
+        )
+        rec.update(status="skipped", note=note)
+        return plan
+    remaining = [n for n in EXPERIMENTS[EXPERIMENTS.index(name) :] if n in plan.configs]
+    est = estimator({n: plan.configs[n] for n in remaining}, set(_done_keys(plan, name)))
+    cfg = plan.configs[name]
+    state["plan_configs"][name] = cfg_json(cfg)
+    rec.update(status="running", estimated_s=round(est.get(name, 0.0), 1))
+    save_state(out_dir, state)
+    # this experiment's slice of the time left: in proportion to its estimate, and at least
+    # 1.25 x its estimate (the later experiments are shrunk or dropped if that leaves too little)
+    share = est[name] / max(sum(est.values()), 1e-9)
+    time_slice = min(max(left * share, 1.25 * est[name]), left)
+    raw = costs.scaled(1.0)
+    analysis_s = raw.analysis(cfg) + raw.p.load_s
+    now, reserve = time.perf_counter(), analysis_s * calibration.factor
+    deadline = now + time_slice - reserve
+    hard = now + left - reserve  # the later experiments are shrunk or dropped if this runs late
+    workers = executor.workers
+    guard = BudgetGuard(cfg, costs, deadline, calibration, bar, store, workers, hard, now + left)
+    executor.budget = guard
+    t0 = time.perf_counter()
+    try:
+        summary = run_experiment(cfg, out_dir / name, executor=executor, store=store, progress=False)
+    except NtkLabError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one experiment's bug must not lose the others
+        msg = f"{type(exc).__name__}: {exc}"
+        rec.update(status="failed", note=msg, seconds=round(time.perf_counter() - t0, 1))
+        state["notes"].append(f"{name}: failed with {msg}")
+        save_state(out_dir, state)
+        return plan
+    secs = time.perf_counter() - t0
+    if guard.unit_seconds > 0:
+        calibration.add(analysis_s, max(0.0, secs - guard.unit_seconds / max(workers, 1)))
+    summaries[name] = summary
+    rec.update(
+        status="partial" if guard.skipped else "done",
+        seconds=round(secs, 1),
+        skipped_units=guard.skipped,
+        failed_units=len(summary.get("failed_units", [])),
+    )
+    state["seconds"] = round(clock.elapsed(), 1)
+    save_state(out_dir, state)
+    return plan
+
+
+def _adjust(
+    name: str,
+    plan: Plan,
+    state: dict[str, Any],
+    inputs: Inputs,
+    estimator: Estimator,
+    left: float,
+    bar: Any,
+    say: Callable[[str], None],
+) -> Plan:
+    """Re-plan the rest from experiment ``name`` on (:func:`replan`) when it is estimated past
+    ``LATE_SAFETY`` of the ``left`` seconds (running late: it shrinks, experiments may be
+    dropped) or below ``GROW_BELOW`` of them (ahead of time: early stopping, a faster machine
+    than the probe saw; it grows, experiments dropped earlier may come back); else ``plan``."""
+    later = [n for n in EXPERIMENTS[EXPERIMENTS.index(name) :] if n in available_experiments()]
+    current = {n: plan.configs[n] for n in later if n in plan.configs}
+    now = sum(estimator(current).values())
+    late = now > LATE_SAFETY * left
+    if not late and now >= GROW_BELOW * left:
+        return plan
+    new = replan(inputs, plan, estimator, LATE_SAFETY * left, later)
+    after = sum(estimator({n: new.configs[n] for n in later if n in new.configs}).values())
+    if not late and (not new.fits or after <= now):
+        return plan
+    if new.tail == plan.tail and set(new.configs) == set(plan.configs):
+        return plan
+    costs = estimator.costs
+    why = (
+        f"costs x{costs.factor:.2f}, early stopping ends training after {costs.stop_fraction:.0%} of "
+        f"the planned steps, {max(left, 0):.0f} s left"
+    )
+    say(
+        f"running late ({why}): shrank the rest of the plan"
+        if late
+        else f"ahead of time ({why}): grew the rest of the plan"
+    )
+    for n in later:
+        say(f"  {n:<18} {describe_config(new.configs[n]) if n in new.configs else 'dropped'}")
+    for gone in set(plan.configs) - set(new.configs):
+        state["notes"].append(f"{gone}: dropped to stay within the budget.")
+    bar.total = bar.n + _count_units(new.configs, later)
+    bar.refresh()
+    state.update(plan=new.describe(), tail=asdict(new.tail))
+    return new
+
+
+def _done_keys(plan: Plan, name: str) -> list[str]:
+    """Keys of the units of the experiments before ``name`` (already run: shared units are free)."""
+    keys: list[str] = []
+    for n in EXPERIMENTS[: EXPERIMENTS.index(name)]:
+        if n in plan.configs:
+            keys += [u.key for u in plan_units(n, plan.configs[n])]
+    return keys
+
+
+def _count_units(configs: Mapping[str, AnyConfig], names: Sequence[str]) -> int:
+    return sum(len({u.key for u in plan_units(n, configs[n])}) for n in names if n in configs)
+
+
+def _echo_plan(echo: Callable[[str], None], probe: Probe, plan: Plan, budget_s: float, workers: int) -> None:
+    """Print what the probe measured and what the planner chose."""
+    echo(
+        f"probe {probe.seconds:.1f} s ({probe.threads} thread(s) per unit, {workers} worker(s), "
+        f"contention x{probe.contention:.2f}): "
+        f"train step {probe.step_s:.3g} s (batch {probe.batch}), eNTK {probe.feature_s:.3g} s/sample "
+        f"+ {probe.pair_s * 1e6:.3g} µs/entry, data {probe.load_s:.2g} s; "
+        f"{probe.n_params} parameters, {probe.num_outputs} output(s)"
+    )
+    if not probe.lr_stable:
+        echo(
+            f"  warning: training diverged in the probe even at learning rate {probe.lr:.3g}; set train.lr lower"
+        )
+    echo(f"plan for a budget of {budget_s / 60:.3g} min (estimated {plan.total / 60:.2f} min of work):")
+    for name, cfg in plan.configs.items():
+        echo(f"  {name:<18} {describe_config(cfg)}  (~{plan.estimates.get(name, 0):.0f} s)")
+    if not plan.fits:
+        echo("  warning: even the smallest plan is estimated past the budget; late units will be skipped.")
