@@ -163,7 +163,7 @@ def stored(ctx: Any, key: str) -> Any:
     (from ``ctx.store``, else the default store)."""
     from ntklab.run.runner import default_store
 
-    store = getattr(ctx, "store", None) or default_store()
+    store = ctx.store or default_store()
     if not store.has(key):
         raise RuntimeError(f"unit {key} is not in the store {store.root}; it must finish first")
     return store.load(key)
