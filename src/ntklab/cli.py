@@ -21,7 +21,7 @@ DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``ntklab run``: plan, compute the missing units (local or Ray), analyze, print exponents."""
-    from ntklab.config import load_config
+    from ntklab.config.loading import load_config
     from ntklab.report.exponent_table import exponent_text
     from ntklab.run.executors import make_executor
     from ntklab.run.runner import default_out, run_experiment
@@ -54,7 +54,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
-    from ntklab.config import load_config, to_toml
+    from ntklab.config.loading import load_config, to_toml
 
     print(to_toml(load_config(args.config, args.set)), end="")
     return 0
@@ -63,7 +63,7 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     """``ntklab status RUN_DIR``: done / missing / failed units of a run (from its store)."""
     from ntklab import experiments
-    from ntklab.config import load_config
+    from ntklab.config.loading import load_config
     from ntklab.run.runner import read_run_meta, unit_status
     from ntklab.run.store import Store
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ntklab.config import TrainConfig
+from ntklab.config.sections import TrainConfig
 from ntklab.progress import progress_bar
 
 

@@ -16,7 +16,7 @@ import tomli_w
 import tomllib
 from pydantic import BaseModel, ValidationError
 
-from ntklab.config.experiments import EXPERIMENTS, AnyConfig
+from ntklab.config.base import BaseExperiment
 from ntklab.errors import ConfigError
 
 
@@ -77,14 +77,17 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return out
 
 
-def validate(raw: dict[str, Any]) -> AnyConfig:
+def validate(raw: dict[str, Any]) -> BaseExperiment:
     """Validate a raw dictionary into the config class its ``experiment`` names."""
+    # Imported here: every experiment module imports this package's submodules for its config.
+    from ntklab.experiments import REGISTRY
+
     name = raw.get("experiment", "data-scaling")
-    if name not in EXPERIMENTS:
-        close = difflib.get_close_matches(str(name), list(EXPERIMENTS), n=1)
+    if name not in REGISTRY:
+        close = difflib.get_close_matches(str(name), list(REGISTRY), n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
-        raise ConfigError(f"unknown experiment {name!r}{hint}; allowed: {', '.join(EXPERIMENTS)}.")
-    cls = EXPERIMENTS[name]
+        raise ConfigError(f"unknown experiment {name!r}{hint}; allowed: {', '.join(REGISTRY)}.")
+    cls = REGISTRY[name].CONFIG
     try:
         return cls.model_validate({**raw, "experiment": name})
     except ValidationError as exc:
@@ -104,7 +107,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {p} is not a text (UTF-8) TOML file.") from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> AnyConfig:
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> BaseExperiment:
     """The resolved config: the built-in defaults, then the file, then ``--set`` overrides."""
     raw = read_toml(path) if path is not None else {}
     return validate(apply_overrides(raw, overrides or []))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from ntklab.config import DataConfig
+from ntklab.config.sections import DataConfig
 from ntklab.data.checks import check_arrays
 from ntklab.data.prepare import Splits, prepare
 from ntklab.data.raw import RawDataset

@@ -1,19 +1,32 @@
-"""Experiments: each module has ``NAME``, ``plan(cfg) -> units``, ``analyze(cfg, results, ctx)``
-and ``figures(cfg, rows, summary, out_dir)``."""
+"""Experiments: one module per experiment, the single home of what it knows, and the registry.
+
+Each experiment module holds
+
+* ``NAME`` (the config's ``experiment`` key) and ``TITLE`` (its report section);
+* ``CONFIG``: its config class, a :class:`~ntklab.config.base.BaseExperiment` (defaults, checks,
+  ``largest_n()``, the data it loads);
+* ``plan(cfg) -> units``, ``analyze(cfg, results, ctx) -> (rows, summary)``,
+  ``figures(cfg, rows, summary, out_dir) -> paths`` and ``findings(summary) -> verdicts``.
+
+Config loading, the runner and the report loop over :data:`REGISTRY`, so a new experiment is
+its own module and one entry below.
+"""
 
 from __future__ import annotations
 
-import importlib
 from types import ModuleType
 
-MODULES = {
-    "data-scaling": "ntklab.experiments.data_scaling",
-    "width-scaling": "ntklab.experiments.width_scaling",
-    "pretrained-kernel": "ntklab.experiments.pretrained_kernel",
-    "kernel-evolution": "ntklab.experiments.kernel_evolution",
+from ntklab.experiments import data_scaling, kernel_evolution, pretrained_kernel, width_scaling
+
+#: Every experiment module by its ``NAME``, in the order they are listed and reported.
+REGISTRY: dict[str, ModuleType] = {
+    m.NAME: m for m in (data_scaling, width_scaling, pretrained_kernel, kernel_evolution)
 }
+
+#: The module path of every experiment (for tools that look modules up by path).
+MODULES = {name: m.__name__ for name, m in REGISTRY.items()}
 
 
 def get(name: str) -> ModuleType:
     """The experiment module named ``name``."""
-    return importlib.import_module(MODULES[name])
+    return REGISTRY[name]

@@ -11,7 +11,8 @@ from torch import nn
 
 from ntklab.arch import ZOO, Spec, from_layers
 from ntklab.arch.factory import build_user_model
-from ntklab.config import AnyConfig, ArchConfig
+from ntklab.config.base import BaseExperiment
+from ntklab.config.sections import ArchConfig
 from ntklab.data.prepare import Splits
 from ntklab.errors import ArchError
 from ntklab.regress import KernelRegressor, mse, zero_one
@@ -62,7 +63,7 @@ def arch_arg(arch: ArchConfig) -> dict[str, Any]:
 
 
 def unit_reads(
-    cfg: AnyConfig, *, seed: bool = True, arch: bool = True, train: bool = False, kernel: bool = False
+    cfg: BaseExperiment, *, seed: bool = True, arch: bool = True, train: bool = False, kernel: bool = False
 ) -> dict[str, Any]:
     """The config values a unit reads from ``ctx.cfg``, the part of its key beside its arguments.
 
@@ -90,7 +91,7 @@ def file_digest(path: str) -> str | None:
     return hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
 
 
-def data_reads(cfg: AnyConfig) -> dict[str, Any]:
+def data_reads(cfg: BaseExperiment) -> dict[str, Any]:
     """The data fields a unit depends on.
 
     The grid bounds do not change any sample, except for the on-disk image datasets that are
@@ -111,12 +112,12 @@ def data_reads(cfg: AnyConfig) -> dict[str, Any]:
     return d
 
 
-def init_seed(cfg: AnyConfig, seed_index: int) -> int:
+def init_seed(cfg: BaseExperiment, seed_index: int) -> int:
     """Seed of the network's initialization for repetition ``seed_index``."""
     return derive_seed(cfg.seed, "init", seed_index)
 
 
-def batch_seed(cfg: AnyConfig, seed_index: int, n: int) -> int:
+def batch_seed(cfg: BaseExperiment, seed_index: int, n: int) -> int:
     """Seed of the mini-batch order for repetition ``seed_index`` at training-set size n."""
     return derive_seed(cfg.seed, "batches", seed_index, n)
 

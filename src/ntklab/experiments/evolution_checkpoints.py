@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 
-from ntklab.config import KernelEvolutionConfig
+from ntklab.experiments.evolution_config import KernelEvolutionConfig
 from ntklab.train import steps_to_epochs
 
 

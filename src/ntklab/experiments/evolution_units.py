@@ -33,10 +33,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ntklab.config import KernelEvolutionConfig
 from ntklab.errors import ConfigError
 from ntklab.experiments import evolution_checkpoints as checkpoints
 from ntklab.experiments.common import batch_seed, eval_points, init_model, unit_reads
+from ntklab.experiments.evolution_config import KernelEvolutionConfig
 from ntklab.experiments.units import entk_kernel_fn, network_metrics, stored
 from ntklab.run.units import Unit
 from ntklab.train import Centered, steps_to_epochs, train

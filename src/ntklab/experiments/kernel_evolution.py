@@ -40,11 +40,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ntklab.config import KernelEvolutionConfig
 from ntklab.experiments.common import arch_label, regress_grid
 from ntklab.experiments.evolution_checkpoints import (
     checkpoint_steps,
@@ -54,6 +53,7 @@ from ntklab.experiments.evolution_checkpoints import (
     milestone_steps,
     milestones,
 )
+from ntklab.experiments.evolution_config import KernelEvolutionConfig
 from ntklab.experiments.evolution_units import kernel_unit, train_unit
 from ntklab.experiments.kernel_motion import (
     DECADE_TURN,
@@ -71,7 +71,12 @@ from ntklab.kernels.metrics import alignment, kernel_angle, kernel_distance, spe
 from ntklab.run.units import Unit
 from ntklab.scaling import fit_with_ci
 
+if TYPE_CHECKING:
+    from ntklab.report.verdicts.comparisons import Verdict
+
 NAME = "kernel-evolution"
+TITLE = "Kernel evolution: how the eNTK moves during training"
+CONFIG = KernelEvolutionConfig
 
 
 def plan(cfg: KernelEvolutionConfig) -> list[Unit]:
@@ -412,3 +417,10 @@ def figures(cfg: KernelEvolutionConfig, rows: list[dict], summary: dict, out_dir
 
     title = f"{cfg.data.name}: {arch_label(cfg.arch, width=True)}, n={cfg.evolution.n}"
     return evolution_figures(rows, summary, Path(out_dir), title=title)
+
+
+def findings(summary: dict[str, Any]) -> list[Verdict]:
+    """The verdicts of a ``kernel-evolution`` summary (:mod:`ntklab.report.verdicts.kernel_evolution`)."""
+    from ntklab.report.verdicts.kernel_evolution import kernel_evolution
+
+    return kernel_evolution(summary)

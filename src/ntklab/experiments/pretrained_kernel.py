@@ -31,10 +31,14 @@ first ``min(256, n_max)`` training points (how far the kernel moved).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from ntklab.config import PretrainedKernelConfig
+from pydantic import Field, model_validator
+
+from ntklab.config.base import SCALING_TRAIN, BaseExperiment
+from ntklab.config.sections import DataConfig, PositiveInt, Section, TrainConfig
 from ntklab.experiments import data_scaling
 from ntklab.experiments.after_kernel import after_kernel_unit
 from ntklab.experiments.common import arch_label, regress_grid
@@ -44,9 +48,78 @@ from ntklab.experiments.units import NETWORK_METRICS
 from ntklab.kernels.metrics import kernel_distance
 from ntklab.run.units import Unit
 
+if TYPE_CHECKING:
+    from ntklab.report.verdicts.comparisons import Verdict
+
 NAME = "pretrained-kernel"
+TITLE = "Pre-trained kernel: the after-kernel"
 GROW = "after_kernel@n0=n"
 MOVE_PROBE = 256  # training points on which the after-kernel's distance to init is measured
+
+
+class PretrainedConfig(Section):
+    """The after-kernel: eNTK after training on n0 samples.
+
+    Pre-training length: ``steps``, else ``epochs`` (steps = ⌈epochs · n0 / min(batch, n0)⌉),
+    else the network's own (``train.steps`` / ``train.epochs``), so that the variant
+    pre-trained on n0 = n trains exactly the network of method ``nn`` at n.
+    """
+
+    n0: list[PositiveInt] = [256]  # the fixed-n0 exponent is fitted on n >= n0
+    epochs: Annotated[float, Field(gt=0)] | None = None  # pre-training length in epochs ...
+    steps: Annotated[int, Field(ge=0)] | None = None  # ... or in optimizer steps (0 = init)
+    grow: bool = True  # also the variant pre-trained on the same n as the regression
+    disjoint: bool = False  # pre-train on samples disjoint from every regression set
+
+    @model_validator(mode="after")
+    def _length(self) -> PretrainedConfig:
+        if self.epochs is not None and self.steps is not None:
+            raise ValueError("set at most one of pretrained.epochs and pretrained.steps")
+        self.n0 = sorted(set(self.n0))
+        return self
+
+
+class PretrainedKernelConfig(BaseExperiment):
+    """Kernel regression with the eNTK after training on n0 samples.
+
+    Defaults are sized for about 10 minutes on 2 CPU cores (~9 CPU-minutes of single-threaded
+    units, the largest the infinite NTK on 2048 + 628 points): n grid 64..2048, 2 seeds, 500
+    test points, 1500 Adam steps (lr 0.03, as data-scaling) at batch 32, width 32.
+    """
+
+    experiment: Literal["pretrained-kernel"] = "pretrained-kernel"
+    pretrained: PretrainedConfig = PretrainedConfig()
+    methods: list[Literal["nn", "entk", "ntk", "nngp"]] = ["nn", "entk", "ntk"]
+    seeds: Annotated[int, Field(ge=1, le=1000)] = 2
+    data: DataConfig = DataConfig(n_max=2048, n_val=128, n_test=500)
+    train: TrainConfig = SCALING_TRAIN
+
+    @model_validator(mode="after")
+    def _pretrained(self) -> PretrainedKernelConfig:
+        short = [n0 for n0 in self.pretrained.n0 if sum(n >= n0 for n in self.data.n_grid()) < 2]
+        if short:
+            raise ValueError(
+                f"pretrained.n0 = {short[0]} leaves fewer than 2 grid points n >= n0 (the after-kernel "
+                f"is fitted there); use n0 <= {self.data.n_grid()[-2]} or a larger data.n_max"
+            )
+        self.require_scalar_kernel("regresses with one scalar kernel")
+        return self
+
+    def largest_n(self) -> int:
+        """Largest training-set size: the data grid's, or a larger pre-training set n0."""
+        return max([self.data.n_max, *self.pretrained.n0])
+
+    def pretrain_steps(self, n0: int) -> int:
+        """Optimizer steps of the pre-training on n0 samples (see :class:`PretrainedConfig`)."""
+        p = self.pretrained
+        if p.steps is not None:
+            return p.steps
+        if p.epochs is not None:
+            return max(1, math.ceil(p.epochs * n0 / min(self.train.batch_size, n0)))
+        return self.train.total_steps(n0)
+
+
+CONFIG = PretrainedKernelConfig
 
 
 def fixed_method(n0: int) -> str:
@@ -176,3 +249,10 @@ def figures(cfg: PretrainedKernelConfig, rows: list[dict], summary: dict, out_di
             title=f"{cfg.data.name}: {arch_label(cfg.arch, width=True)}",
         )
     ]
+
+
+def findings(summary: dict[str, Any]) -> list[Verdict]:
+    """The verdicts of a ``pretrained-kernel`` summary (:mod:`ntklab.report.verdicts.pretrained_kernel`)."""
+    from ntklab.report.verdicts.pretrained_kernel import pretrained_kernel
+
+    return pretrained_kernel(summary)

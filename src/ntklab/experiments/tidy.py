@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ntklab.config import FitConfig
+from ntklab.config.sections import FitConfig
 from ntklab.scaling import fit_with_ci, paired_difference
 
 COLUMNS = ("experiment", "method", "n", "width", "seed", "step", "metric", "value")

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ntklab.config import ArchConfig
+from ntklab.config.sections import ArchConfig
 from ntklab.experiments.common import batch_seed, build_spec, eval_points, init_model
 from ntklab.kernels import empirical_ntk
 from ntklab.train import TrainResult, evaluate, train
@@ -161,7 +161,7 @@ def train_network(
 def stored(ctx: Any, key: str) -> Any:
     """The stored result of unit ``key``, which the calling unit names in its ``after``
     (from ``ctx.store``, else the default store)."""
-    from ntklab.run.runner import default_store
+    from ntklab.run.store import default_store
 
     store = ctx.store or default_store()
     if not store.has(key):

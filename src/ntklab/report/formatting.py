@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ntklab.config import FitConfig
+from ntklab.config.sections import FitConfig
 
 
 def _finite_float(x: Any) -> float | None:

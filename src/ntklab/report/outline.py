@@ -14,18 +14,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from ntklab.experiments import REGISTRY
 from ntklab.report.exponent_table import exponent_table
 from ntklab.report.formatting import fmt_exp, fmt_num
 from ntklab.report.model import Figure, Report, Section, Table, VerdictLine
 from ntklab.report.runs import ExperimentRun, RunFolder
 from ntklab.report.verdicts import verdicts
 
-TITLES = {
-    "data-scaling": "Data scaling: network vs its kernels at initialization",
-    "width-scaling": "Width scaling: eNTK at init across widths",
-    "pretrained-kernel": "Pre-trained kernel: the after-kernel",
-    "kernel-evolution": "Kernel evolution: how the eNTK moves during training",
-}
 EVOLUTION_KEYS = (
     "total_angle",
     "angular_speed_first_half",
@@ -81,7 +76,8 @@ def experiment_section(run: ExperimentRun) -> Section:
     """One experiment: its exponent table, kernel-evolution numbers and figures."""
     tables = [t for t in (exponent_table(run.summary), evolution_table(run.summary)) if t is not None]
     figures = [Figure(f, run.figure_link(f), f"{run.name}: {f.stem}") for f in run.figures]
-    return Section(TITLES.get(run.name, run.name), anchor=run.name, tables=tables, figures=figures)
+    title = REGISTRY[run.name].TITLE if run.name in REGISTRY else run.name
+    return Section(title, anchor=run.name, tables=tables, figures=figures)
 
 
 def outline(runs: RunFolder) -> Report:

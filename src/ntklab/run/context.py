@@ -8,7 +8,7 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from ntklab.config import AnyConfig
+from ntklab.config.base import BaseExperiment
 from ntklab.data.prepare import Splits
 from ntklab.run.store import Store
 from ntklab.run.units import derive_seed
@@ -21,7 +21,7 @@ class RunContext:
     None: they read the default store.
     """
 
-    def __init__(self, cfg: AnyConfig, progress: bool | None = None, store: Store | None = None) -> None:
+    def __init__(self, cfg: BaseExperiment, progress: bool | None = None, store: Store | None = None) -> None:
         self.cfg = cfg
         self.progress = progress
         self.store = store
@@ -54,11 +54,7 @@ class RunContext:
     @property
     def n_max(self) -> int:
         """Largest training-set size any unit of this config uses."""
-        cfg = self.cfg
-        if cfg.experiment == "kernel-evolution":
-            return cfg.evolution.n
-        extra = list(cfg.pretrained.n0) if cfg.experiment == "pretrained-kernel" else []
-        return max([cfg.data.n_max, *extra])
+        return self.cfg.largest_n()
 
     @cached_property
     def device(self) -> torch.device:

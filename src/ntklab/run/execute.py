@@ -165,7 +165,7 @@ def worker_context(cfg_json: str, digest: str, store_root: str) -> RunContext:
     check guarantees the worker computes for exactly the driver's config. The memo is keyed by
     the whole config and store, so it can never serve another run's data.
     """
-    from ntklab.config import validate
+    from ntklab.config.loading import validate
 
     cfg = validate(json.loads(cfg_json))
     if cfg.digest() != digest:

@@ -20,8 +20,8 @@ import torch
 
 from ntklab import experiments
 from ntklab.arch.factory import check_output
-from ntklab.config import AnyConfig, to_toml
-from ntklab.data.embedded import cache_dir
+from ntklab.config.base import BaseExperiment
+from ntklab.config.loading import to_toml
 from ntklab.errors import RunDirError
 from ntklab.experiments.common import build_spec, init_model
 from ntklab.experiments.tidy import COLUMNS
@@ -30,17 +30,12 @@ from ntklab.run.lease import holding
 from ntklab.run.local import LocalExecutor
 from ntklab.run.resources import Shape, check_resources
 from ntklab.run.schedule import Outcome, with_threads
-from ntklab.run.store import CorruptEntryError, Store, atomic_write
+from ntklab.run.store import CorruptEntryError, Store, atomic_write, default_store
 
 log = logging.getLogger(__name__)
 
 
-def default_store() -> Store:
-    """The shared unit store: ``$NTKLAB_CACHE_DIR/units`` (default ``~/.cache/ntklab/units``)."""
-    return Store(cache_dir() / "units")
-
-
-def default_out(cfg: AnyConfig) -> Path:
+def default_out(cfg: BaseExperiment) -> Path:
     return Path("runs") / f"{cfg.experiment}-{cfg.digest()}"
 
 
@@ -58,7 +53,7 @@ def read_run_meta(out: Path) -> dict[str, Any] | None:
     return info
 
 
-def prepare_run_dir(cfg: AnyConfig, out: Path, store: Store) -> None:
+def prepare_run_dir(cfg: BaseExperiment, out: Path, store: Store) -> None:
     """Create ``out`` or check that it holds this same config; never mix two configs.
 
     ``run.json`` is written first, so a second run of the same config starting at the same
@@ -79,7 +74,7 @@ def prepare_run_dir(cfg: AnyConfig, out: Path, store: Store) -> None:
     atomic_write(out / "config.toml", to_toml(cfg).encode())
 
 
-def check_inputs(cfg: AnyConfig, ctx: RunContext) -> None:
+def check_inputs(cfg: BaseExperiment, ctx: RunContext) -> None:
     """Fail before any work on data or architecture problems (one-sentence errors)."""
     s = ctx.splits
     if cfg.arch.factory is None:
@@ -118,7 +113,7 @@ def load_results(units: list, store: Store) -> tuple[dict[str, Any], list]:
 
 
 def run_experiment(
-    cfg: AnyConfig,
+    cfg: BaseExperiment,
     out: Path | None = None,
     *,
     executor: Any = None,
@@ -157,14 +152,14 @@ def run_experiment(
         return write_outputs(cfg, out, exp, ctx, units, store, outcome, results, executor, t0)
 
 
-def kernel_shape(cfg: AnyConfig, ctx: RunContext) -> Shape:
+def kernel_shape(cfg: BaseExperiment, ctx: RunContext) -> Shape:
     """What the size of this run's kernels depends on (for :func:`check_resources`)."""
     s = ctx.splits
     return Shape(len(s.x_val) + len(s.x_test), s.num_outputs, cfg.kernel.mode)
 
 
 def write_outputs(
-    cfg: AnyConfig,
+    cfg: BaseExperiment,
     out: Path,
     exp: Any,
     ctx: RunContext,

@@ -43,6 +43,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ntklab.data.embedded import cache_dir
 from ntklab.errors import DiskFullError
 from ntklab.run import codec
 from ntklab.run.lease import Lease, LeaseTimes, LeaseWatch, try_acquire
@@ -212,6 +213,11 @@ class Store:
             return (self.root / "STORE_ID").read_text().strip()
         except OSError:
             return None
+
+
+def default_store() -> Store:
+    """The shared unit store: ``$NTKLAB_CACHE_DIR/units`` (default ``~/.cache/ntklab/units``)."""
+    return Store(cache_dir() / "units")
 
 
 def atomic_write(path: Path, data: bytes | Sequence[bytes]) -> None:

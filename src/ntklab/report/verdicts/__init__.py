@@ -10,8 +10,9 @@ interval above 0 means the network's law is steeper, below 0 the kernel's; an in
 contains 0 means the two are *not distinguishable at this n range*, which is a statement about
 the measurement, not evidence that they are equal (:mod:`ntklab.report.verdicts.comparisons`).
 
-One module per experiment holds its verdicts; :data:`FINDINGS` dispatches on the summary's
-``experiment``. Findings (Vyas, Bansal & Nakkiran 2022, arXiv 2206.10012):
+One module per experiment holds its verdicts; each experiment module's ``findings`` calls it,
+and :func:`verdicts` dispatches on the summary's ``experiment`` through
+:data:`ntklab.experiments.REGISTRY`. Findings (Vyas, Bansal & Nakkiran 2022, arXiv 2206.10012):
 
 * ``data-scaling``: the network's α against the eNTK at init (and the infinite NTK/NNGP);
 * ``width-scaling``: the same comparison for every width that has both;
@@ -32,26 +33,15 @@ The network's exponent α = 0.420 [0.370, 0.470] is above the eNTK at init's α 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
+from ntklab.experiments import REGISTRY
 from ntklab.report.verdicts.comparisons import Verdict, missing
-from ntklab.report.verdicts.data_scaling import data_scaling
-from ntklab.report.verdicts.kernel_evolution import kernel_evolution
-from ntklab.report.verdicts.pretrained_kernel import pretrained_kernel
-from ntklab.report.verdicts.width_scaling import width_scaling
-
-FINDINGS: dict[str, Callable[[dict[str, Any]], list[Verdict]]] = {
-    "data-scaling": data_scaling,
-    "width-scaling": width_scaling,
-    "pretrained-kernel": pretrained_kernel,
-    "kernel-evolution": kernel_evolution,
-}
 
 
 def verdicts(summary: dict[str, Any]) -> list[Verdict]:
     """The verdicts of one experiment's summary (dispatch on ``summary["experiment"]``)."""
-    fn = FINDINGS.get(summary.get("experiment", ""))
-    if fn is None:
+    experiment = REGISTRY.get(summary.get("experiment", ""))
+    if experiment is None:
         return [missing(str(summary.get("experiment")), "this experiment has no verdict rules")]
-    return fn(summary)
+    return experiment.findings(summary)
