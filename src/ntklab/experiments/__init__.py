@@ -23,9 +23,6 @@ REGISTRY: dict[str, ModuleType] = {
     m.NAME: m for m in (data_scaling, width_scaling, pretrained_kernel, kernel_evolution)
 }
 
-#: The module path of every experiment (for tools that look modules up by path).
-MODULES = {name: m.__name__ for name, m in REGISTRY.items()}
-
 
 def get(name: str) -> ModuleType:
     """The experiment module named ``name``."""

@@ -57,7 +57,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ntklab.config import validate
+from ntklab.config.loading import validate
 from ntklab.errors import NtkLabError
 from ntklab.explain.budget import MIN_FACTOR, STOP_PRIOR, BudgetGuard, Calibration, Clock
 from ntklab.explain.costs import CostModel, Estimator, list_schedule

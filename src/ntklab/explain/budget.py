@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ntklab.config import AnyConfig
+from ntklab.config.base import AnyConfig
 from ntklab.explain.costs import CostModel, list_schedule
 from ntklab.run.schedule import Budget
 from ntklab.run.units import Unit

@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ntklab.config import AnyConfig
+from ntklab.config.base import AnyConfig
 from ntklab.explain.probe import REGRESS_PROBE_N, Probe
 from ntklab.run.units import Unit
 
@@ -216,12 +216,10 @@ def _n_test(cfg: AnyConfig, probe: Probe) -> int:
 
 
 def available_experiments() -> list[str]:
-    """The experiments of :data:`EXPERIMENTS` whose modules this install has."""
-    import importlib.util
+    """The experiments of :data:`EXPERIMENTS` in the experiment registry."""
+    from ntklab.experiments import REGISTRY
 
-    from ntklab import experiments
-
-    return [e for e in EXPERIMENTS if importlib.util.find_spec(experiments.MODULES[e]) is not None]
+    return [e for e in EXPERIMENTS if e in REGISTRY]
 
 
 def plan_units(name: str, cfg: AnyConfig) -> list[Unit]:

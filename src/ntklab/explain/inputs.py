@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from ntklab.config import DATASETS, apply_overrides, read_toml, validate
+from ntklab.config.loading import apply_overrides, read_toml, validate
+from ntklab.config.sections import DATASETS
 from ntklab.errors import ArchError, DataError, NtkLabError
 
 DEFAULT_BUDGET_MINUTES = 10.0

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ntklab.config import AnyConfig
+from ntklab.config.base import AnyConfig
 from ntklab.explain.plan import training_rule
 
 

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ntklab.config import AnyConfig, validate
+from ntklab.config.base import AnyConfig
+from ntklab.config.loading import validate
 from ntklab.errors import DataError
 from ntklab.explain.costs import Estimator, available_experiments
 from ntklab.explain.inputs import LADDER_MAX, MISSING, Inputs, deep_merge, get_dotted, user_length

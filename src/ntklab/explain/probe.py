@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ntklab.config import AnyConfig
+from ntklab.config.base import AnyConfig
 from ntklab.errors import ArchError, DataError, NtkLabError
 from ntklab.explain.inputs import LADDER_MAX
 from ntklab.kernels.empirical.mode import Mode

@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ntklab.config import AnyConfig
+from ntklab.config.base import AnyConfig
 from ntklab.errors import NtkLabError, RunDirError
 from ntklab.explain.budget import CALIBRATION_EVIDENCE, STOP_PRIOR, BudgetGuard, Calibration, Clock
 from ntklab.explain.costs import EXPERIMENTS, CostModel, Estimator, available_experiments, plan_units

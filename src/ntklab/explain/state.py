@@ -8,7 +8,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ntklab.config import AnyConfig, validate
+from ntklab.config.base import AnyConfig
+from ntklab.config.loading import validate
 from ntklab.errors import RunDirError
 from ntklab.explain.costs import Estimator
 from ntklab.explain.inputs import Inputs
