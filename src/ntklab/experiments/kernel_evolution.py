@@ -207,6 +207,15 @@ def _kt_at(rec: dict[str, Any], n: int, key: str) -> float:
     return next((r[key] for r in rec["kt"] if r["n"] == n), math.nan)
 
 
+#: The numbers a report shows first: how far and how fast the kernel turned, early and late.
+HEADLINE_KEYS = (
+    "total_angle",
+    "angular_speed_first_half",
+    "angular_speed_second_half",
+    "second_over_first_half",
+    "last_decade_angle",
+    "last_decade_over_max_decade",
+)
 SUMMARY_KEYS = (
     "total_angle",
     "path_angle",

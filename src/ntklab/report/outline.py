@@ -15,32 +15,12 @@ from __future__ import annotations
 from typing import Any
 
 from ntklab.experiments import REGISTRY
+from ntklab.experiments.kernel_evolution import HEADLINE_KEYS, SUMMARY_KEYS
 from ntklab.report.exponent_table import exponent_table
 from ntklab.report.formatting import fmt_exp, fmt_num
 from ntklab.report.model import Figure, Report, Section, Table, VerdictLine
 from ntklab.report.runs import ExperimentRun, RunFolder
 from ntklab.report.verdicts import verdicts
-
-EVOLUTION_KEYS = (
-    "total_angle",
-    "angular_speed_first_half",
-    "angular_speed_second_half",
-    "second_over_first_half",
-    "last_decade_angle",
-    "last_decade_over_max_decade",
-    "path_angle",
-    "final_distance_to_init",
-    "initial_alignment",
-    "final_alignment",
-    "initial_eff_rank",
-    "final_eff_rank",
-    "kt_regression_test_loss_init",
-    "kt_regression_test_loss_final",
-    "kt_regression_test_error_final",
-    "nn_test_loss_final",
-    "nn_test_error_final",
-    "final_epoch",
-)
 
 
 def _is_number(v: Any) -> bool:
@@ -49,12 +29,11 @@ def _is_number(v: Any) -> bool:
 
 def evolution_table(summary: dict[str, Any]) -> Table | None:
     """Rows (quantity, value) of a kernel-evolution summary: the verdicts, the scalar numbers
-    (:data:`EVOLUTION_KEYS` first), the angle of each decade of training and α(t) of kernel
+    (the experiment's headline keys, then its summary keys, first), the angle of each decade of training and α(t) of kernel
     regression with K_t; None without an ``evolution`` entry."""
     ev = summary.get("evolution") or {}
-    keys = [k for k in EVOLUTION_KEYS if k in ev] + [
-        k for k, v in ev.items() if k not in EVOLUTION_KEYS and _is_number(v)
-    ]
+    first = [k for k in (*HEADLINE_KEYS, *SUMMARY_KEYS) if k in ev]
+    keys = list(dict.fromkeys(first)) + [k for k, v in ev.items() if k not in first and _is_number(v)]
     words = [[k, str(ev[k])] for k in ("verdict", "verdict_half_resolution") if isinstance(ev.get(k), str)]
     numbers = [[k, fmt_num(ev[k])] for k in keys if _is_number(ev[k])]
     decades = [
