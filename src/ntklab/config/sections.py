@@ -146,6 +146,7 @@ class KernelConfig(Section):
     memory_budget_mb: Annotated[int, Field(ge=16)] = 2048
     ridges: list[Ridge] = [0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0]  # λ in λ·tr(K)/n
     ridge: Ridge | None = None  # fixed λ; None chooses from `ridges` on the validation split
+    block: Annotated[int, Field(ge=16)] = 8192  # eNTK of more points: blocks of this side
 
 
 class FitConfig(Section):

@@ -25,6 +25,7 @@ from pydantic import model_validator
 
 from ntklab.config.base import SCALING_TRAIN, BaseExperiment
 from ntklab.config.sections import ArchConfig, TrainConfig
+from ntklab.experiments.blocks import assemble, block_args, memmap_kernel
 from ntklab.experiments.common import arch_arg, arch_label, regress_grid, unit_reads
 from ntklab.experiments.tidy import row, rows_from, scaling_summary, seed_means, training_summary
 from ntklab.experiments.units import NETWORK_METRICS
@@ -85,7 +86,7 @@ def train_unit(cfg: Any, arch: ArchConfig, n: int, seed_index: int, lr_from: Uni
 
 def entk_unit(cfg: Any, arch: ArchConfig, n: int, seed_index: int) -> Unit:
     """eNTK at init of the network ``arch`` of repetition ``seed_index`` on the first n
-    training points."""
+    training points, as one unit."""
     return Unit(
         "entk",
         f"{U}:entk_at_init",
@@ -96,54 +97,67 @@ def entk_unit(cfg: Any, arch: ArchConfig, n: int, seed_index: int) -> Unit:
     )
 
 
+def entk_units(cfg: Any, arch: ArchConfig, n: int, seed_index: int) -> list[Unit]:
+    """The eNTK at init on the first n training points: :func:`entk_unit` when n is at most
+    ``kernel.block``, else the network's outputs f0 there and the kernel's blocks of side
+    ``kernel.block`` (:func:`~ntklab.experiments.blocks.block_args`), which
+    :func:`entk_result` assembles."""
+    if n <= cfg.kernel.block:
+        return [entk_unit(cfg, arch, n, seed_index)]
+    reads, tag = unit_reads(cfg, arch=False, kernel=True), f"seed={seed_index}{width_label(cfg, arch)}"
+    base = {"seed_index": seed_index, "arch": arch_arg(arch)}
+    f0 = Unit("entk", f"{U}:entk_outputs", {**base, "n": n}, reads, label=f"eNTK f0 n={n} {tag}")
+    return [f0] + [
+        Unit("entk", f"{U}:entk_block", {**base, **a}, reads, label=f"eNTK {tag} {label}")
+        for a, label in block_args(n, cfg.kernel.block)
+    ]
+
+
+def entk_result(
+    cfg: Any, ctx: Any, arch: ArchConfig, n: int, seed_index: int, results: dict[str, Any]
+) -> dict[str, np.ndarray] | None:
+    """The eNTK of :func:`entk_units` (``train``, ``cross``, ``f0_train``, ``f0_cross``); None
+    while any of its units is missing. A blocked kernel's ``train`` is a read-only memory map
+    in the store's ``kernels`` folder (in memory without a store)."""
+    units = entk_units(cfg, arch, n, seed_index)
+    if any(u.key not in results for u in units):
+        return None
+    if len(units) == 1:
+        return results[units[0].key]
+    parts = [(u.args, results[u.key]["k"]) for u in units[1:]]
+    if ctx.store is None:
+        kernel = assemble(parts, n)
+    else:
+        kernel = memmap_kernel(ctx.store.root / "kernels", [u.key for u in units[1:]], parts, n)
+    return {**kernel, **results[units[0].key]}
+
+
 #: Training points per side of one block of the infinite kernels. The infinite NTK is the
 #: longest computation of a sweep (minutes at n = 4096 on one core); in blocks it runs on every
 #: worker, or every Ray node, side by side with the short units instead of alone at the end.
 INFINITE_BLOCK = 1024
 
 
-def spans(n: int, block: int | None = None) -> list[tuple[int, int]]:
-    """[(0, b), (b, 2b), ..., (., n)]: the row/column blocks of n points (b = ``block`` or
-    :data:`INFINITE_BLOCK`)."""
-    b = block or INFINITE_BLOCK
-    return [(i, min(i + b, n)) for i in range(0, n, b)]
-
-
 def infinite_units(cfg: Any, n: int, seed_index: int, cross: bool = True) -> list[Unit]:
     """Infinite NNGP and NTK on repetition ``seed_index``'s first n training points, as
-    independent blocks.
-
-    K(train[:n], train[:n]) in blocks of :data:`INFINITE_BLOCK` points on and above the
-    diagonal, and (``cross``) K(val+test, train[:n]) in column blocks: about n²/2B² + 3n/2B
-    units. A block depends on its index ranges, not on n, so runs whose n differ share the
-    blocks they have in common. :func:`infinite_result` assembles them.
+    independent blocks of :data:`INFINITE_BLOCK` points
+    (:func:`~ntklab.experiments.blocks.block_args`, with K(val+test, train[:n]) when
+    ``cross``). :func:`infinite_result` assembles them.
     """
     reads = unit_reads(cfg, seed=False)  # the infinite kernels are deterministic
     if cfg.arch.parameterization == "ntk" and cfg.arch.layers is None:
         del reads["arch"]["width"]  # ntk-parameterized infinite kernels do not depend on the width
-    sp = spans(n)
-
-    def unit(args: dict, label: str) -> Unit:
-        args = {**args, "seed_index": seed_index}
-        return Unit(
-            "infinite", f"{U}:infinite_block", args, reads, version=2, label=f"NTK/NNGP s{seed_index} {label}"
+    return [
+        Unit(
+            "infinite",
+            f"{U}:infinite_block",
+            {**a, "seed_index": seed_index},
+            reads,
+            version=2,
+            label=f"NTK/NNGP s{seed_index} {label}",
         )
-
-    units = (
-        [unit({"part": "cross", "cols": list(c)}, f"eval x train[{c[0]}:{c[1]}]") for c in sp]
-        if cross
-        else []
-    )
-    units += [
-        unit(
-            {"part": "train", "cols": list(c), "rows": list(r)},
-            f"train[{r[0]}:{r[1]}] x train[{c[0]}:{c[1]}]",
-        )
-        for r in sp
-        for c in sp
-        if c[0] >= r[0]
+        for a, label in block_args(n, INFINITE_BLOCK, cross)
     ]
-    return units
 
 
 def infinite_result(
@@ -154,22 +168,7 @@ def infinite_result(
     parts = [(u.args, results.get(u.key)) for u in infinite_units(cfg, n, seed_index, cross)]
     if not parts or any(r is None for _, r in parts):
         return None
-    out: dict[str, dict[str, np.ndarray]] = {}
-    for name in ("nngp", "ntk"):
-        blocks = {"train": np.empty((n, n))}
-        if cross:
-            e = next(r[name].shape[0] for a, r in parts if a["part"] == "cross")
-            blocks["cross"] = np.empty((e, n))
-        for a, r in parts:
-            (c0, c1), b = a["cols"], r[name]
-            if a["part"] == "cross":
-                blocks["cross"][:, c0:c1] = b
-            else:
-                (r0, r1) = a["rows"]
-                blocks["train"][r0:r1, c0:c1] = b
-                blocks["train"][c0:c1, r0:r1] = b.T
-        out[name] = blocks
-    return out
+    return {name: assemble([(a, r[name]) for a, r in parts], n) for name in ("nngp", "ntk")}
 
 
 def plan(cfg: Any) -> list[Unit]:
@@ -181,7 +180,7 @@ def plan(cfg: Any) -> list[Unit]:
         if {"ntk", "nngp"} & set(cfg.methods):
             units += infinite_units(cfg, n_max, i)
         if "entk" in cfg.methods:
-            units.append(entk_unit(cfg, cfg.arch, n_max, i))
+            units += entk_units(cfg, cfg.arch, n_max, i)
         if "nn" in cfg.methods:
             units += [train_unit(cfg, cfg.arch, n, i) for n in grid]
     return units
@@ -240,8 +239,8 @@ def base_rows(cfg: Any, results: dict[str, Any], ctx: Any) -> list[dict]:
             for m in ("ntk", "nngp"):
                 if m in cfg.methods:
                     rows += kernel_rows(cfg, ctx, m, inf[m], i, 0, grid)
-        k = results.get(entk_unit(cfg, cfg.arch, n_max, i).key)
-        if k is not None and "entk" in cfg.methods:
+        k = entk_result(cfg, ctx, cfg.arch, n_max, i, results) if "entk" in cfg.methods else None
+        if k is not None:
             rows += kernel_rows(cfg, ctx, "entk", k, i, w, grid)
         for n in grid:
             r = results.get(train_unit(cfg, cfg.arch, n, i).key)

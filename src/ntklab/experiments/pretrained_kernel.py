@@ -42,7 +42,7 @@ from ntklab.config.sections import DataConfig, PositiveInt, Section, TrainConfig
 from ntklab.experiments import data_scaling
 from ntklab.experiments.after_kernel import after_kernel_unit
 from ntklab.experiments.common import arch_label, regress_grid
-from ntklab.experiments.data_scaling import METRICS, entk_unit, kernel_rows
+from ntklab.experiments.data_scaling import METRICS, entk_result, kernel_rows
 from ntklab.experiments.tidy import differences, row, rows_from, scaling_summary, seed_means
 from ntklab.experiments.units import NETWORK_METRICS
 from ntklab.kernels.metrics import kernel_distance
@@ -173,7 +173,7 @@ def analyze(
     q = min(MOVE_PROBE, n_max)
     rows = data_scaling.base_rows(cfg, results, ctx)
     for i in range(cfg.seeds):
-        init = results.get(entk_unit(cfg, cfg.arch, n_max, i).key) if "entk" in cfg.methods else None
+        init = entk_result(cfg, ctx, cfg.arch, n_max, i, results) if "entk" in cfg.methods else None
         for n0 in cfg.pretrained.n0:
             res = results.get(fixed_unit(cfg, n0, i).key)
             if res is None:

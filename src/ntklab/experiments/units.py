@@ -182,24 +182,56 @@ def entk_at_init(
     }
 
 
+def block_points(
+    ctx: Any, seed_index: int, part: str, cols: list[int], rows: list[int] | None, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(x1, x2) of one kernel block of :func:`~ntklab.experiments.blocks.block_args` on
+    repetition ``seed_index``'s training order: ``part = "train"``: (x_train[r0:r1],
+    x_train[c0:c1]), x2 = None when rows == cols (the exactly symmetric diagonal block);
+    ``part = "cross"``: (val+test, x_train[c0:c1])."""
+    s = ctx.seed_splits(seed_index)
+    xc = ctx.tensor(s.x_train[cols[0] : cols[1]], dtype)
+    if part == "cross":
+        return ctx.tensor(eval_points(s), dtype), xc
+    if rows is None or list(rows) == list(cols):
+        return xc, None
+    return ctx.tensor(s.x_train[rows[0] : rows[1]], dtype), xc
+
+
+def entk_block(
+    ctx: Any,
+    part: str,
+    cols: list[int],
+    rows: list[int] | None = None,
+    seed_index: int = 0,
+    arch: dict[str, Any] | None = None,
+) -> dict[str, np.ndarray]:
+    """``{"k": block}``: one block (:func:`block_points`) of the eNTK at initialization of the
+    network ``arch`` (:func:`arch_of`) of repetition ``seed_index``, float64, (r1 − r0, c1 − c0)
+    or (V + T, c1 − c0) (× C × C in ``full`` mode)."""
+    model = init_model(ctx, seed_index, arch_of(ctx, arch)).eval()  # BatchNorm uses its running statistics
+    x1, x2 = block_points(ctx, seed_index, part, cols, rows, torch.float32)
+    return {"k": entk_kernel_fn(ctx, model)(x1, x2).cpu().numpy()}
+
+
+def entk_outputs(
+    ctx: Any, n: int, seed_index: int, arch: dict[str, Any] | None = None
+) -> dict[str, np.ndarray]:
+    """The outputs ``f0_train``, ``f0_cross`` (:func:`outputs_at`) of the network ``arch`` at
+    initialization, beside the blocks of its eNTK (:func:`entk_block`)."""
+    return outputs_at(ctx, init_model(ctx, seed_index, arch_of(ctx, arch)), n, seed_index)
+
+
 def infinite_block(
     ctx: Any, part: str, cols: list[int], rows: list[int] | None = None, seed_index: int = 0
 ) -> dict[str, np.ndarray]:
-    """One block of the infinite-width NNGP and NTK of the config's architecture, on the
-    training order of repetition ``seed_index`` (each repetition has its own data subset).
-
-    ``part = "train"``: K(x_train[r0:r1], x_train[c0:c1]), (r1 − r0, c1 − c0), exactly
-    symmetric when rows == cols; ``part = "cross"``: K(val+test, x_train[c0:c1]),
+    """One block (:func:`block_points`) of the infinite-width NNGP and NTK of the config's
+    architecture, on the training order of repetition ``seed_index`` (each repetition has its
+    own data subset): (r1 − r0, c1 − c0), exactly symmetric when rows == cols, or
     (V + T, c1 − c0). Returns ``{"nngp": block, "ntk": block}`` (float64).
     """
     s = ctx.seed_splits(seed_index)
     spec = build_spec(ctx.cfg.arch, s.num_outputs)
-    xc = ctx.tensor(s.x_train[cols[0] : cols[1]], torch.float64)
-    if part == "cross":
-        x1, x2 = ctx.tensor(eval_points(s), torch.float64), xc
-    elif rows is None or list(rows) == list(cols):
-        x1, x2 = xc, None
-    else:
-        x1, x2 = ctx.tensor(s.x_train[rows[0] : rows[1]], torch.float64), xc
+    x1, x2 = block_points(ctx, seed_index, part, cols, rows, torch.float64)
     k = spec.kernel_fn(x1, x2, get=("nngp", "ntk"), memory_budget_bytes=_budget(ctx), progress=ctx.progress)
     return {name: v.cpu().numpy() for name, v in k.items()}

@@ -63,11 +63,21 @@ def _span(v: Any) -> int:
     return int(v[1]) - int(v[0]) if isinstance(v, (list, tuple)) and len(v) == 2 else 0
 
 
-def _infinite(args: dict[str, Any], s: Shape) -> int:
-    """NNGP and NTK blocks (one float64 per pair, whatever the mode)."""
+def _pairs(args: dict[str, Any], s: Shape) -> int:
+    """Pairs of one kernel block: train[rows] x train[cols], or val+test x train[cols]."""
     cols = _span(args.get("cols"))
     rows = s.eval_rows if args.get("part") == "cross" else _span(args.get("rows") or args.get("cols"))
-    return 2 * F64 * rows * cols
+    return rows * cols
+
+
+def _infinite(args: dict[str, Any], s: Shape) -> int:
+    """NNGP and NTK blocks (one float64 per pair, whatever the mode)."""
+    return 2 * F64 * _pairs(args, s)
+
+
+def _entk_block(args: dict[str, Any], s: Shape) -> int:
+    """One eNTK block."""
+    return s.entry * _pairs(args, s)
 
 
 def _checkpoint(args: dict[str, Any], s: Shape) -> int:
@@ -81,6 +91,7 @@ ESTIMATES: dict[str, Callable[[dict[str, Any], Shape], int]] = {
     "ntklab.experiments.after_kernel:after_kernel": _entk,
     "ntklab.experiments.width_scaling:entk_probe": _probe,
     "ntklab.experiments.units:infinite_block": _infinite,
+    "ntklab.experiments.units:entk_block": _entk_block,
     "ntklab.experiments.evolution_units:kernels_at_checkpoint": _checkpoint,
 }
 

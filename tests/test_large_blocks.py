@@ -1,0 +1,112 @@
+"""The eNTK of more than ``kernel.block`` points as independent block units: the blocks
+assemble to the single-unit kernel (in a memory-mapped file of the store), a blocked run gives
+the same results as an unblocked one, and an interrupted blocked run recomputes only the
+blocks it had not stored."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ntklab.config import load_config
+from ntklab.experiments import data_scaling
+from ntklab.experiments.units import entk_at_init
+from ntklab.run.context import RunContext
+from ntklab.run.runner import run_experiment
+from ntklab.run.store import Store
+
+N = 96
+SWEEP = [
+    "data.num_samples=600",
+    "data.n_min=32",
+    f"data.n_max={N}",
+    "data.n_val=16",
+    "data.n_test=50",
+    "seeds=1",
+    "train.steps=20",
+    "arch.width=8",
+    "fit.bootstrap=20",
+    "methods=['nn', 'entk']",
+    "device='cpu'",
+]
+
+
+def config(block: int, *extra: str):
+    return load_config(None, [*SWEEP, f"kernel.block={block}", *extra])
+
+
+def test_small_n_keeps_its_single_unit() -> None:
+    """Every n ≤ kernel.block (all defaults) plans the one eNTK unit it always had."""
+    cfg = config(8192)
+    assert data_scaling.entk_units(cfg, cfg.arch, N, 0) == [data_scaling.entk_unit(cfg, cfg.arch, N, 0)]
+
+
+@pytest.mark.parametrize("with_store", [False, True], ids=["in-memory", "memmap"])
+def test_blocks_assemble_to_the_single_unit_kernel(with_store: bool, tmp_path: Path) -> None:
+    """Blocks of 32 points: 3 column blocks of K(eval, train), 3·4/2 train blocks on and above
+    the diagonal and the outputs f0; assembled they match the one-unit eNTK to float32
+    rounding of the Jacobians (rtol 1e-6 of the largest entry) and are exactly symmetric."""
+    cfg = config(32)
+    ctx = RunContext(cfg, progress=False, store=Store(tmp_path) if with_store else None)
+    units = data_scaling.entk_units(cfg, cfg.arch, N, 0)
+    assert len(units) == 1 + 3 + 6
+    results = {u.key: u.function()(ctx, **u.args) for u in units}
+    got = data_scaling.entk_result(cfg, ctx, cfg.arch, N, 0, results)
+    want = entk_at_init(ctx, N, 0)
+    assert set(got) == set(want)
+    for part in ("train", "cross"):
+        scale = np.abs(want[part]).max()
+        np.testing.assert_allclose(got[part], want[part], rtol=0, atol=1e-6 * scale)
+    for f0 in ("f0_train", "f0_cross"):
+        np.testing.assert_array_equal(got[f0], want[f0])
+    assert np.array_equal(got["train"], got["train"].T)
+    if with_store:
+        assert isinstance(got["train"], np.memmap) and got["train"].dtype == np.float64
+        assert len(list((tmp_path / "kernels").glob("*.npy"))) == 1
+    del results[units[-1].key]
+    assert data_scaling.entk_result(cfg, ctx, cfg.arch, N, 0, results) is None
+
+
+def rows(out: Path) -> list[dict[str, str]]:
+    with open(out / "results.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("center", [True, False], ids=["centered", "added"])
+def test_blocked_run_gives_the_unblocked_results(center: bool, tmp_path: Path) -> None:
+    """results.csv of a blocked and an unblocked run agree to rel 1e-5 (both f0 conventions)."""
+    extra = f"train.center_output={str(center).lower()}"
+    store = Store(tmp_path / "units")
+    one = run_experiment(config(8192, extra), tmp_path / "one", store=store, progress=False)
+    many = run_experiment(config(32, extra), tmp_path / "many", store=store, progress=False)
+    assert one["units"]["total"] + 9 == many["units"]["total"]
+    a, b = rows(tmp_path / "one"), rows(tmp_path / "many")
+    assert [(r["method"], r["n"], r["metric"]) for r in a] == [(r["method"], r["n"], r["metric"]) for r in b]
+    assert any(r["method"] == "entk" for r in a)
+    for ra, rb in zip(a, b):
+        assert float(rb["value"]) == pytest.approx(float(ra["value"]), rel=1e-5, abs=1e-12), ra
+
+
+def test_interrupted_blocked_run_computes_only_the_missing_blocks(tmp_path: Path) -> None:
+    """Four of the ten eNTK units stored before the run (as a killed run leaves them): the run
+    computes the other six and the trainings, and its results equal a run from scratch."""
+    cfg = config(32)
+    store = Store(tmp_path / "units")
+    ctx = RunContext(cfg, progress=False, store=store)
+    entk = data_scaling.entk_units(cfg, cfg.arch, N, 0)
+    for u in entk[:4]:
+        store.save(u.key, u.function()(ctx, **u.args))
+    s = run_experiment(cfg, tmp_path / "run", store=store, progress=False)
+    trainings = len(cfg.data.n_grid())
+    assert s["units"] == {"total": 10 + trainings, "computed": 6 + trainings, "cached": 4, "failed": 0}
+    status = {u["key"]: u["this_run"] for u in json.loads((tmp_path / "run" / "units.json").read_text())}
+    assert [status[u.key] for u in entk] == ["cached"] * 4 + ["computed"] * 6
+    again = run_experiment(cfg, tmp_path / "again", store=store, progress=False)
+    assert again["units"]["computed"] == 0
+    fresh = run_experiment(cfg, tmp_path / "fresh", store=Store(tmp_path / "fresh-units"), progress=False)
+    assert fresh["units"]["computed"] == 10 + trainings
+    assert (tmp_path / "run" / "results.csv").read_text() == (tmp_path / "fresh" / "results.csv").read_text()
