@@ -11,7 +11,6 @@ import importlib
 import multiprocessing
 import os
 import time
-from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 from ntklab.errors import NtkLabError
 from ntklab.progress import progress_bar
 from ntklab.run.execute import claim_and_run, config_payload, exit_with_parent, run_in_worker
-from ntklab.run.schedule import Budget, Outcome, Schedule, count_result, pending, with_threads
+from ntklab.run.schedule import Budget, Outcome, Schedule, UnitExecutor, count_result
 from ntklab.run.store import Store
 from ntklab.run.units import Unit
 
@@ -49,7 +48,7 @@ def stop_pool(pool: ProcessPoolExecutor | None) -> None:
         p.join(timeout=5)
 
 
-class LocalExecutor:
+class LocalExecutor(UnitExecutor):
     """Runs units in this process (``workers=1``) or in ``workers`` spawned processes.
 
     ``threads`` overrides every unit's ``num_cpus`` (its torch threads); default: as declared.
@@ -83,17 +82,10 @@ class LocalExecutor:
             for _ in range(self.workers):
                 self._kept.submit(importlib.import_module, "ntklab.experiments.units")
 
-    def run(
-        self,
-        units: Sequence[Unit],
-        ctx: Any,
-        store: Store,
-        *,
-        retry_failed: bool = False,
-        progress: bool | None = None,
+    def run_pending(
+        self, todo: list[Unit], out: Outcome, ctx: Any, store: Store, progress: bool | None
     ) -> Outcome:
-        """Run the units ``store`` lacks; ``ctx`` is the driver's RunContext."""
-        todo, out = pending(with_threads(units, self.threads), store, retry_failed)
+        """Run ``todo`` in process or on the worker pool, asking the budget before each unit."""
         budget = self.budget or Budget()
         budget.begin(todo, len(out.cached) + len(out.failed))
         if not todo:

@@ -29,7 +29,7 @@ from typing import Any
 from ntklab.errors import NtkLabError
 from ntklab.progress import progress_bar
 from ntklab.run.execute import config_payload, run_in_worker
-from ntklab.run.schedule import Outcome, Schedule, count_result, pending, with_threads
+from ntklab.run.schedule import Outcome, Schedule, UnitExecutor, count_result
 from ntklab.run.store import Store
 from ntklab.run.units import Unit
 
@@ -68,7 +68,7 @@ def remote_unit(cfg_json: str, digest: str, store_root: str, store_id: str, unit
     return run_in_worker(cfg_json, digest, store_root, store_id, unit)
 
 
-class RayExecutor:
+class RayExecutor(UnitExecutor):
     """Runs units as Ray tasks on a local Ray instance or an existing cluster.
 
     Parameters
@@ -137,17 +137,10 @@ class RayExecutor:
             self.ray.shutdown()
         self.started = False
 
-    def run(
-        self,
-        units: Sequence[Unit],
-        ctx: Any,
-        store: Store,
-        *,
-        retry_failed: bool = False,
-        progress: bool | None = None,
+    def run_pending(
+        self, todo: list[Unit], out: Outcome, ctx: Any, store: Store, progress: bool | None
     ) -> Outcome:
-        """Run the units ``store`` lacks as Ray tasks; ``ctx`` is the driver's RunContext."""
-        todo, out = pending(with_threads(units, self.threads, self.gpus), store, retry_failed)
+        """Run ``todo`` as Ray tasks."""
         if not todo:
             return out
         self.connect(todo)

@@ -88,6 +88,33 @@ def pending(units: Sequence[Unit], store: Store, retry_failed: bool) -> tuple[li
     return todo, out
 
 
+class UnitExecutor:
+    """What every executor shares: :meth:`run` finds the units the store lacks (with the
+    executor's thread and GPU requests) and hands them to :meth:`run_pending`."""
+
+    threads: int | None = None
+    gpus: float | None = None
+
+    def run(
+        self,
+        units: Sequence[Unit],
+        ctx: Any,
+        store: Store,
+        *,
+        retry_failed: bool = False,
+        progress: bool | None = None,
+    ) -> Outcome:
+        """Run the units ``store`` lacks; ``ctx`` is the driver's RunContext."""
+        todo, out = pending(with_threads(units, self.threads, self.gpus), store, retry_failed)
+        return self.run_pending(todo, out, ctx, store, progress)
+
+    def run_pending(
+        self, todo: list[Unit], out: Outcome, ctx: Any, store: Store, progress: bool | None
+    ) -> Outcome:
+        """Run ``todo`` (the cached and failed units are in ``out`` already); returns ``out``."""
+        raise NotImplementedError
+
+
 class Budget:
     """Hooks of a run under a time budget; this base class admits every unit and ignores the rest.
 
