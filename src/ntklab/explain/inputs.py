@@ -16,13 +16,16 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 
 from ntklab.config.loading import apply_overrides, read_toml, validate
 from ntklab.config.sections import DATASETS
 from ntklab.errors import ArchError, DataError, NtkLabError
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11
 
 DEFAULT_BUDGET_MINUTES = 10.0
 LADDER_MAX = 4096  # the largest training set the planner considers
@@ -203,23 +206,34 @@ def _validate_arrays(data: Mapping[str, Any]) -> bytes:
     return buf.getvalue()
 
 
+class Options(TypedDict, total=False):
+    """The options of :func:`ntklab.explain.explain` that :func:`resolve_inputs` reads (each
+    as documented there)."""
+
+    budget_minutes: float
+    data_path: str | Path | None
+    arch: str | None
+    config: str | Path | None
+    overrides: Sequence[str]
+    n_max: int | None
+
+
 def resolve_inputs(
     model: str | Callable[..., Any] | None,
     data: str | Path | Mapping[str, Any],
     *,
     out: Path | None,
-    budget_minutes: float = DEFAULT_BUDGET_MINUTES,
-    data_path: str | Path | None = None,
-    arch: str | None = None,
-    config: str | Path | None = None,
-    overrides: Sequence[str] = (),
-    n_max: int | None = None,
+    **options: Unpack[Options],
 ) -> tuple[Inputs, Path, dict[str, bytes]]:
     """Resolve the request; returns (inputs, out folder, files to write into it before running).
 
     Raises one-sentence :class:`~ntklab.errors.NtkLabError` subclasses for every user mistake.
     """
     from ntklab.arch.factory import load_factory
+
+    budget_minutes = options.get("budget_minutes", DEFAULT_BUDGET_MINUTES)
+    data_path, arch, config = options.get("data_path"), options.get("arch"), options.get("config")
+    overrides, n_max = options.get("overrides", ()), options.get("n_max")
 
     if not (
         isinstance(budget_minutes, (int, float)) and budget_minutes > 0 and math.isfinite(budget_minutes)
