@@ -41,7 +41,7 @@ from ntklab.arch import (
 from ntklab.arch.core import Shape
 from ntklab.errors import ArchError
 from ntklab.kernels import empirical_ntk
-from ntklab.kernels.infinite import kernel_fn
+from ntklab.kernels.infinite import input_state, kernel_fn, leading_flattens, propagate
 from ntklab.kernels.precision import no_tf32
 
 REFERENCE = Path(__file__).resolve().parent / "data" / "reference"
@@ -460,3 +460,22 @@ def test_float32_inputs_give_float64_kernels_and_zoo_runs() -> None:
     torch.testing.assert_close(k32["ntk"], k64["ntk"], rtol=1e-4, atol=0)
     via_spec = myrtle(5, 16).kernel_fn(x, get="nngp")
     assert set(via_spec) == {"nngp"} and torch.equal(via_spec["nngp"], k["nngp"])
+
+
+def test_leading_flatten_skips_position_pairs_and_keeps_the_kernels() -> None:
+    """An MLP on (n, C, L) inputs starts with Flatten; kernel_fn flattens the inputs up front
+    (no (L, L) arrays per pair) and must give the plain recursion's kernels: to rounding off the
+    diagonal, to arccos-amplified rounding on it (1e-16 in cos -> 1e-8, see above)."""
+    g = torch.Generator().manual_seed(9)
+    spec = mlp(2, 16, out=3)
+    x1 = torch.randn(9, 2, 5, generator=g, dtype=F64)
+    x2 = torch.randn(4, 2, 5, generator=g, dtype=F64)
+    assert leading_flattens(spec) == 1 and leading_flattens(cnn1d(1, 4, out=2)) == 0
+    shapes = spec.kernel_shapes(x1.shape[1:])
+    for a, b in ((x1, None), (x2, x1)):
+        fast = kernel_fn(spec, a, b)
+        plain = propagate(spec, input_state(a, b), shapes)  # (5, 5) position pairs at layer 0
+        for k in ("nngp", "ntk"):
+            torch.testing.assert_close(fast[k], getattr(plain, k), rtol=1e-7, atol=0)
+            off = ~torch.eye(*fast[k].shape, dtype=torch.bool) if b is None else slice(None)
+            torch.testing.assert_close(fast[k][off], getattr(plain, k)[off], rtol=1e-12, atol=0)

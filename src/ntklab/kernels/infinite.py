@@ -134,34 +134,53 @@ def _apply(layer: KernelLayer, index: int, shape: tuple[int, ...], state: Kernel
 
 
 def propagate(
-    spec: KernelSpec, state: KernelState, shapes: Sequence[tuple[int, ...]] | None = None
+    spec: KernelSpec,
+    state: KernelState,
+    shapes: Sequence[tuple[int, ...]] | None = None,
+    first: int = 0,
 ) -> KernelState:
-    """Apply every layer's kernel map in order (``stax.serial``): the plain, uncached recursion.
+    """Apply the kernel maps of layers ``first, first + 1, ...`` in order (``stax.serial``): the
+    plain, uncached recursion.
 
     ``state`` must carry ``cov1``/``cov2`` (as :func:`input_state` gives) for the
     nonlinearities; ``shapes`` (from ``spec.kernel_shapes``) only improves error messages.
     """
-    for i, layer in enumerate(spec.layers):
+    for i, layer in enumerate(spec.layers[first:], first):
         shape = shapes[i] if shapes is not None else (state.width, *state.spatial)
         state = _apply(layer, i, shape, state)
     return state
 
 
+def leading_flattens(spec: KernelSpec) -> int:
+    """How many layers at the start of ``spec`` are ``Flatten``.
+
+    Flattening the inputs first gives the same kernels bit for bit in exact arithmetic
+    (``x1 · x2 / (C·P)`` is the mean over positions of ``Σ_c x1[c, p] x2[c, p] / C``) without
+    the (P, P) position-pair arrays of the input layer: an MLP on (1, 40) inputs computes 1
+    entry per input pair instead of 1,600.
+    """
+    k = 0
+    while k < len(spec.layers) and spec.layers[k].name == "Flatten":
+        k += 1
+    return k
+
+
 def _variance_cache(
-    spec: KernelSpec, x: torch.Tensor, shapes: list[tuple[int, ...]], chunk: int
+    spec: KernelSpec, x: torch.Tensor, shapes: list[tuple[int, ...]], chunk: int, first: int = 0
 ) -> list[torch.Tensor]:
-    """Per-position variances at the input of every layer, ``[(n, *S_l) for l]``.
+    """Per-position variances at the input of every layer from ``first`` on, ``[(n, *S_l) for
+    l]`` (entries before ``first`` are empty placeholders).
 
     The outputs are allocated up front: small long-lived tensors allocated between the
     multi-MiB temporaries fragment the CPU heap (the resident set grew by ~25 MB per input
     for 3×32×32 images before).
     """
     n = x.shape[0]
-    per_layer = [x.new_empty((n, *shape[1:])) for shape in shapes[:-1]]
+    per_layer = [x.new_empty((n, *shape[1:]) if i >= first else (0,)) for i, shape in enumerate(shapes[:-1])]
     for start in range(0, n, chunk):
         state = input_state(x[start : start + chunk], None, ntk=False, cross=False)
         state = state.replace(cov2=None)
-        for i, layer in enumerate(spec.layers):
+        for i, layer in enumerate(spec.layers[first:], first):
             per_layer[i][start : start + chunk] = state.self_variance()[0]
             state = _apply(layer, i, shapes[i], state)
     return per_layer
@@ -290,9 +309,11 @@ def kernel_fn(
             f"x1 and x2 must have the same per-example shape; got {tuple(x1.shape[1:])} and {tuple(x2.shape[1:])}."
         )
     shapes = spec.kernel_shapes(x1.shape[1:])
+    first = leading_flattens(spec)  # inputs flattened up front: no (P, P) arrays for them
     device = torch.device(device) if device is not None else x1.device
-    x1 = x1.to(device=device, dtype=dtype)
-    x2 = x1 if sym else x2.to(device=device, dtype=dtype)
+    x1 = (x1.flatten(1) if first else x1).to(device=device, dtype=dtype)
+    x2 = x1 if sym else (x2.flatten(1) if first else x2).to(device=device, dtype=dtype)
+    shapes = [*([shapes[first]] * first), *shapes[first:]] if first else shapes
     n1, n2 = x1.shape[0], x2.shape[0]
     itemsize = torch.finfo(dtype).bits // 8
     cap = CPU_ARRAY_BYTES if device.type == "cpu" else None
@@ -316,17 +337,17 @@ def kernel_fn(
         # (Only off-diagonal tiles read it; diagonal tiles carry their own covariances.)
         chunk = _pairs_in_budget(shapes, itemsize, memory_budget_bytes, cap)
         off_diagonal = any(not sym or r[0] != c[0] for r, c in tiles)
-        var1 = _variance_cache(spec, x1, shapes, chunk) if off_diagonal else []
-        var2 = var1 if sym else _variance_cache(spec, x2, shapes, chunk)
+        var1 = _variance_cache(spec, x1, shapes, chunk, first) if off_diagonal else []
+        var2 = var1 if sym else _variance_cache(spec, x2, shapes, chunk, first)
         with progress_bar(len(tiles), "infinite NTK", enabled=_show_progress(progress, len(tiles))) as bar:
             for (r0, r1), (c0, c1) in tiles:
                 if sym and r0 == c0:
                     # Diagonal tile: carry its own self covariances, consistent bit for bit
                     # with the cross kernel's batch diagonal (exact NTK diagonal).
-                    state = propagate(spec, input_state(x1[r0:r1], None, ntk=want_ntk), shapes)
+                    state = propagate(spec, input_state(x1[r0:r1], None, ntk=want_ntk), shapes, first)
                 else:
                     state = input_state(x1[r0:r1], x2[c0:c1], ntk=want_ntk, covs=False)
-                    for i, layer in enumerate(spec.layers):
+                    for i, layer in enumerate(spec.layers[first:], first):
                         state = state.replace(var1=var1[i][r0:r1], var2=var2[i][c0:c1])
                         state = _apply(layer, i, shapes[i], state)
                 for k in keys:
