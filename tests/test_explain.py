@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import re
@@ -14,9 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 from torch import nn
 
 from ntklab import explain
+from ntklab.config.loading import validate
 from ntklab.errors import ArchError, DataError, NtkLabError, RunDirError
 from ntklab.explain import (
     MIN_FACTOR,
@@ -40,6 +43,7 @@ from ntklab.explain import (
     resolve_inputs,
     tail_levels,
 )
+from ntklab.explain.running import TOP_UP_MAX_SEEDS
 from ntklab.report.formatting import fmt_exp, fmt_num
 
 MODEL = """
@@ -242,6 +246,14 @@ def test_explain_python_api_with_a_closure_and_arrays(tmp_path: Path) -> None:
     assert "data-scaling" in result["summaries"]
     assert result["summaries"]["data-scaling"]["units"]["total"] > 0
     check_report_matches_summaries(out)
+    # a tiny plan leaves most of the budget: it buys data-scaling repetitions (new data draws)
+    grew = [line for line in lines if "data scaling grows from" in line]
+    assert grew and result["plan"]["seeds"] == TOP_UP_MAX_SEEDS, lines
+    ds = validate(tomllib.loads((out / "data-scaling" / "config.toml").read_text()))
+    assert ds.seeds == TOP_UP_MAX_SEEDS
+    seeds_in_results = {r["seed"] for r in csv.DictReader((out / "data-scaling" / "results.csv").open())}
+    assert len(seeds_in_results) == TOP_UP_MAX_SEEDS
+    assert result["seconds"] < 1.5 * 60 * 1.1
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -19,7 +19,7 @@ MIN_FACTOR = 0.25  # the calibration may lower the estimates 4-fold at most (the
 #: this explain were measured (patience 0.3 stops it after at least 30 %; measured 31-36 % on
 #: an MLP on MNIST-1D and a ResNet on CIFAR-10). Only plans use it; whether a unit may start
 #: before the end of the budget is judged at its full length.
-STOP_PRIOR = 0.6
+STOP_PRIOR = 0.4
 
 
 @dataclass

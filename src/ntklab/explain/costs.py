@@ -146,7 +146,7 @@ class CostModel:
             c = a["cols"][1] - a["cols"][0]
             r = e if a["part"] == "cross" else a["rows"][1] - a["rows"][0]
             pairs = c * (c + 1) / 2 if a["part"] == "train" and a["rows"] == a["cols"] else r * c
-            return self.factor * self.p.infinite_pair_s * pairs
+            return self.factor * (self.p.init_s + self.p.infinite_pair_s * pairs)
         if fn == "train_with_checkpoints":
             return self.train(a["n"], steps_of(a["n"]), t, evals=len(a.get("checkpoint_steps", [])) + 1)
         if fn == "kernels_at_checkpoint":

@@ -32,7 +32,13 @@ if TYPE_CHECKING:
 
 CONTENTION_STEPS = 4  # training steps timed alone and side by side (one per worker)
 ENTK_PROBE_S = 0.2  # an eNTK probe quicker than this is timed again on 4x the samples
+#: Inputs of the infinite-kernel probe: this many first, the second when that was quick.
+INFINITE_PROBE_N = (32, 256)
 REGRESS_PROBE_N = 512  # kernel regression is timed at this n and scaled as n³ (at least 1/8)
+#: A quick model's step time is timed again on runs of about this many seconds (3 of them, at
+#: most ``STEP_PROBE_MAX`` steps each): 12 steps of an MLP were timed 0.0008-0.0017 s/step.
+STEP_PROBE_S = 0.15
+STEP_PROBE_MAX = 400
 LR_PROBE_STEPS = 12  # training steps of each learning-rate try (on one batch)
 LR_TRIES = 4  # train.lr, then lowered by LR_DECREASE up to 3 times
 LR_DECREASE = 0.25
@@ -297,6 +303,10 @@ def _probe(cfg: AnyConfig, what: str, lr_fixed: bool, workers: int) -> Probe:
         lr = cfg.train.lr if lr_fixed else lr / LR_DECREASE
     t_n = float(np.median(times))
     step_s = max(t_n - init_s, t_n / 2) / LR_PROBE_STEPS
+    if t_n < STEP_PROBE_S and stable:  # a quick model: a dozen steps are mostly overhead and
+        steps = min(STEP_PROBE_MAX, math.ceil(STEP_PROBE_S / max(step_s, 1e-6)))  # noise: time
+        runs = [_timed(lambda: tail_loss(steps, lr))[1] for _ in range(3)]  # ~STEP_PROBE_S runs
+        step_s = max(float(np.median(runs)) - init_s, 0.5 * float(np.median(runs))) / steps
     contention = 1.0
     if workers > 1:
         tc = cfg.train.model_copy(update={"lr": lr, "schedule": "constant", "warmup_steps": 0})
@@ -396,13 +406,21 @@ def _probe(cfg: AnyConfig, what: str, lr_fixed: bool, workers: int) -> Probe:
         _, figure_s = _timed(lambda: scaling_figure(rows, {}, "test_mse", Path(tmp) / "probe.png"))
 
     infinite_pair_s = 0.0
-    if cfg.arch.factory is None and {"ntk", "nngp"} & set(cfg.methods):
+    if cfg.arch.factory is None:  # a spec model: the plan adds its infinite NTK
         from ntklab.experiments.common import build_spec
 
         spec = build_spec(cfg.arch, k)
-        mi = min(16, len(splits.x_train))
-        xi = torch.as_tensor(splits.x_train[:mi], dtype=torch.float64)
-        _, t_i = _timed(lambda: spec.kernel_fn(xi, None, get=("nngp", "ntk"), memory_budget_bytes=budget))
+
+        def infinite(m: int) -> None:
+            xi = torch.as_tensor(splits.x_train[:m], dtype=torch.float64)
+            spec.kernel_fn(xi, None, get=("nngp", "ntk"), memory_budget_bytes=budget, progress=False)
+
+        infinite(4)  # warm-up
+        mi = min(INFINITE_PROBE_N[0], len(splits.x_train))
+        t_i = _timed(lambda: infinite(mi))[1]
+        if t_i < ENTK_PROBE_S / 4 and len(splits.x_train) > mi:  # quick (an MLP): per-call
+            mi = min(INFINITE_PROBE_N[1], len(splits.x_train))  # overheads would dominate
+            t_i = float(np.median([_timed(lambda: infinite(mi))[1] for _ in range(3)]))
         infinite_pair_s = t_i / (mi * (mi + 1) / 2)
 
     return Probe(

@@ -3,17 +3,19 @@ them, on one pool of worker processes with one progress bar; then the report."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ntklab.config.base import AnyConfig
+from ntklab.config.loading import validate
 from ntklab.errors import NtkLabError, RunDirError
 from ntklab.explain.budget import CALIBRATION_EVIDENCE, STOP_PRIOR, BudgetGuard, Calibration, Clock
 from ntklab.explain.costs import EXPERIMENTS, CostModel, Estimator, available_experiments, plan_units
-from ntklab.explain.inputs import Inputs
+from ntklab.explain.inputs import MISSING, Inputs, get_dotted
 from ntklab.explain.network_check import best_steps, network_check
 from ntklab.explain.plan import Plan, choose_plan, describe_config, replan
 from ntklab.explain.probe import Probe
@@ -28,6 +30,8 @@ GROW_BELOW = 0.7  # re-plan larger when the rest is estimated below this share o
 MIN_SPEEDUP = 1.25  # below this parallel speed-up (probe), units run in process
 WORKER_START_S = 8.0  # spawning the worker processes and importing torch there
 REPORT_RESERVE_S = 3.0  # writing report.html / report.md
+TOP_UP_MAX_SEEDS = 8  # time left over buys data scaling repetitions up to this many
+TOP_UP_ROUNDS = 3
 
 
 def run_plan(
@@ -98,6 +102,10 @@ def run_plan(
                     name, plan, state, inputs, estimator, calibration, clock, bar, executor,
                     out_dir, store, summaries, missing, say,
                 )  # fmt: skip
+            plan = _top_up(
+                plan, state, inputs, estimator, calibration, clock, bar, executor,
+                out_dir, store, summaries, missing, say,
+            )  # fmt: skip
     finally:
         executor.close()
     ds_cfg = plan.configs.get("data-scaling")
@@ -201,6 +209,78 @@ def _run_one(
     )
     state["seconds"] = round(clock.elapsed(), 1)
     save_state(out_dir, state)
+    return plan
+
+
+def _top_up(
+    plan: Plan,
+    state: dict[str, Any],
+    inputs: Inputs,
+    estimator: Estimator,
+    calibration: Calibration,
+    clock: Clock,
+    bar: Any,
+    executor: LocalExecutor,
+    out_dir: Path,
+    store: Any,
+    summaries: dict[str, dict[str, Any]],
+    missing: Sequence[str],
+    say: Callable[[str], None],
+) -> Plan:
+    """Spend the time left after every experiment on more repetitions of data scaling.
+
+    Each repetition is a new data draw and initialization, so the exponents' CIs narrow.
+    Data scaling grows to the most seeds (at most ``TOP_UP_MAX_SEEDS``) whose units and
+    analysis the calibrated cost model fits in ``LATE_SAFETY`` of the time left; the units
+    already stored are reused and the analysis runs again on all seeds. Repeated while the
+    estimates leave room (they err on the slow side). Not when the user set ``seeds``.
+    """
+    name = "data-scaling"
+    if name not in summaries or name not in plan.configs or get_dotted(inputs.base, "seeds") is not MISSING:
+        return plan
+    for _ in range(TOP_UP_ROUNDS):
+        cfg = plan.configs[name]
+        costs = estimator.costs
+        costs.factor, costs.stop_fraction = calibration.factor, calibration.stop_fraction
+        estimator.forget()
+        left = clock.left() - REPORT_RESERVE_S
+        grown = None
+        for seeds in range(cfg.seeds + 1, TOP_UP_MAX_SEEDS + 1):
+            bigger = validate({**cfg.model_dump(mode="json"), "seeds": seeds})
+            if estimator({name: bigger})[name] > LATE_SAFETY * left:
+                break
+            grown = bigger
+        if grown is None:
+            break
+        say(f"{max(left, 0):.0f} s left: data scaling grows from {cfg.seeds} to {grown.seeds} repetitions")
+        bar.total += _count_units({name: grown}, [name]) - _count_units({name: cfg}, [name])
+        bar.refresh()
+        plan = replace(plan, configs={**plan.configs, name: grown})
+        state["plan"] = plan.describe()
+        done = next(r for r in state["experiments"] if r["name"] == name)
+        before = float(done.get("seconds", 0.0))
+        # the run folder of fewer seeds stays aside until the larger run has its summary
+        folder, aside = out_dir / name, out_dir / f".{name}.fewer-seeds"
+        shutil.rmtree(aside, ignore_errors=True)
+        folder.rename(aside)
+        kept = summaries[name]
+        plan = _run_one(
+            name, plan, state, inputs, estimator, calibration, clock, bar, executor,
+            out_dir, store, summaries, missing, say,
+        )  # fmt: skip
+        if done["status"] == "failed":  # keep what the smaller run found
+            shutil.rmtree(folder, ignore_errors=True)
+            aside.rename(folder)
+            plan = replace(plan, configs={**plan.configs, name: cfg})
+            state["plan_configs"][name] = cfg_json(cfg)
+            state["plan"] = plan.describe()
+            done.update(status="done", note=f"more repetitions failed: {done.get('note', '')}")
+            summaries[name] = kept
+            save_state(out_dir, state)
+            break
+        shutil.rmtree(aside, ignore_errors=True)
+        done["seconds"] = round(before + float(done.get("seconds", 0.0)), 1)
+        save_state(out_dir, state)
     return plan
 
 
