@@ -15,7 +15,9 @@ import pytest
 from ntklab.config import load_config
 from ntklab.experiments import data_scaling
 from ntklab.experiments.units import entk_at_init
+from ntklab.run import results as results_module
 from ntklab.run.context import RunContext
+from ntklab.run.results import StoredResults
 from ntklab.run.runner import run_experiment
 from ntklab.run.store import Store
 
@@ -110,3 +112,63 @@ def test_interrupted_blocked_run_computes_only_the_missing_blocks(tmp_path: Path
     fresh = run_experiment(cfg, tmp_path / "fresh", store=Store(tmp_path / "fresh-units"), progress=False)
     assert fresh["units"]["computed"] == 10 + trainings
     assert (tmp_path / "run" / "results.csv").read_text() == (tmp_path / "fresh" / "results.csv").read_text()
+
+
+def test_large_entries_are_read_when_asked_and_a_corrupt_one_is_recomputed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With every entry above EAGER_BYTES (set to 0), StoredResults reads none up front; the
+    memmapped kernel is written block by block and, once on disk, read without its train
+    blocks; a block corrupted after it was stored is recomputed when the analysis reads it,
+    and results.csv is that of a clean run."""
+    monkeypatch.setattr(results_module, "EAGER_BYTES", 0)
+    cfg = config(32)
+    store = Store(tmp_path / "units")
+    clean = run_experiment(cfg, tmp_path / "clean", store=store, progress=False)
+    units = data_scaling.plan(cfg)
+    stored = StoredResults(units, store)
+    assert len(stored) == len({u.key for u in units}) and all(stored.lazy(k) for k in stored)
+    assert not stored._eager  # nothing read up front
+
+    # the memmap exists now: the analysis reads the cross blocks and f0, not the train blocks
+    ctx = RunContext(cfg, progress=False, store=store)
+    reads: list[str] = []
+    counting = CountingResults(stored, reads)
+    k = data_scaling.entk_result(cfg, ctx, cfg.arch, N, 0, counting)
+    entk = data_scaling.entk_units(cfg, cfg.arch, N, 0)
+    train_keys = {u.key for u in entk[1:] if u.args["part"] == "train"}
+    assert isinstance(k["train"], np.memmap) and not train_keys & set(reads)
+
+    # corrupt one train block and remove the memmap: the next run's analysis meets it
+    for f in (tmp_path / "units" / "kernels").glob("*.npy"):
+        f.unlink()
+    victim = next(u for u in entk[1:] if u.args["part"] == "train")
+    path = store.path(victim.key)
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF
+    path.write_bytes(bytes(data))
+    again = run_experiment(cfg, tmp_path / "again", store=store, progress=False)
+    status = {u["key"]: u["this_run"] for u in json.loads((tmp_path / "again" / "units.json").read_text())}
+    assert status[victim.key] == "computed" and again["units"]["computed"] == 1
+    assert (tmp_path / "again" / "results.csv").read_text() == (
+        tmp_path / "clean" / "results.csv"
+    ).read_text()
+    assert clean["units"]["failed"] == again["units"]["failed"] == 0
+
+
+class CountingResults(dict):
+    """A results mapping that records the keys read."""
+
+    def __init__(self, inner: StoredResults, reads: list[str]) -> None:
+        super().__init__()
+        self.inner, self.reads = inner, reads
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.inner
+
+    def __getitem__(self, key: str):
+        self.reads.append(key)
+        return self.inner[key]
+
+    def get(self, key: str, default=None):
+        return self[key] if key in self.inner else default

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,21 +71,38 @@ def assemble(
 
 
 def memmap_kernel(
-    folder: Path, keys: list[str], parts: list[tuple[dict[str, Any], np.ndarray]], n: int
+    folder: Path,
+    blocks: list[tuple[dict[str, Any], str]],
+    load: Callable[[str], np.ndarray],
+    n: int,
+    name: str = "",
 ) -> dict[str, np.ndarray]:
-    """:func:`assemble`, with K(train, train) in a read-only memory-mapped ``.npy`` file in
-    ``folder`` named by the blocks' unit ``keys``, so that a kernel larger than memory is
-    paged from disk by the regression. The file is written once (to a temporary name, then
-    renamed) and reused by every later analysis of the same blocks."""
-    name = hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:24]
-    path = folder / f"{name}.npy"
-    cross = assemble([p for p in parts if p[0]["part"] == "cross"], n)
+    """:func:`assemble` of ``blocks`` ((arguments of :func:`block_args`, unit key); ``load(key)``
+    reads a block), with K(train, train) in a read-only memory-mapped ``.npy`` file in
+    ``folder`` named by the blocks' unit keys and ``name`` (which kernel of the blocks), so that
+    a kernel larger than memory is paged from disk by the regression.
+
+    The file is written once, block by block (one block in memory at a time; to a temporary
+    name, then renamed), and reused by every later analysis of the same blocks without reading
+    them again. K(val+test, train) is assembled in memory.
+    """
+    digest = hashlib.sha256("\n".join([name, *sorted(k for _, k in blocks)]).encode()).hexdigest()[:24]
+    path = folder / f"{digest}.npy"
+    cross = assemble([(a, load(k)) for a, k in blocks if a["part"] == "cross"], n)
     if not path.exists():
-        first = next(b for a, b in parts if a["part"] == "train")
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".tmp-{name}-{os.getpid()}.npy"
-        mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=first.dtype, shape=(n, n, *first.shape[2:]))
-        assemble([p for p in parts if p[0]["part"] == "train"], n, mm)
+        tmp = folder / f".tmp-{digest}-{os.getpid()}.npy"
+        mm = None
+        for a, k in blocks:
+            if a["part"] != "train":
+                continue
+            b = load(k)
+            if mm is None:
+                mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=b.dtype, shape=(n, n, *b.shape[2:]))
+            assemble([(a, b)], n, mm)
+            del b
+        if mm is None:
+            raise ValueError("memmap_kernel needs at least one block of K(train, train)")
         mm.flush()
         del mm
         os.replace(tmp, path)

@@ -18,6 +18,7 @@ mean predictor, f0 = 0).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -124,12 +125,20 @@ def entk_result(
         return None
     if len(units) == 1:
         return results[units[0].key]
-    parts = [(u.args, results[u.key]["k"]) for u in units[1:]]
-    if ctx.store is None:
-        kernel = assemble(parts, n)
-    else:
-        kernel = memmap_kernel(ctx.store.root / "kernels", [u.key for u in units[1:]], parts, n)
+    kernel = large_kernel(ctx, [(u.args, u.key) for u in units[1:]], lambda key: results[key]["k"], n)
     return {**kernel, **results[units[0].key]}
+
+
+def large_kernel(
+    ctx: Any, blocks: list[tuple[dict[str, Any], str]], load: Any, n: int, name: str = ""
+) -> dict[str, np.ndarray]:
+    """A kernel of n training points from its ``blocks`` ((block arguments, unit key); ``load(key)``
+    reads one): ``train`` memory-mapped in the store's ``kernels`` folder
+    (:func:`~ntklab.experiments.blocks.memmap_kernel`, ``name``: which kernel of the blocks), or
+    in memory without a store."""
+    if ctx is None or ctx.store is None:
+        return assemble([(a, load(k)) for a, k in blocks], n)
+    return memmap_kernel(ctx.store.root / "kernels", blocks, load, n, name)
 
 
 #: Training points per side of one block of the infinite kernels. The infinite NTK is the
@@ -161,14 +170,29 @@ def infinite_units(cfg: Any, n: int, seed_index: int, cross: bool = True) -> lis
 
 
 def infinite_result(
-    cfg: Any, n: int, seed_index: int, results: dict[str, Any], cross: bool = True
+    cfg: Any,
+    n: int,
+    seed_index: int,
+    results: Mapping[str, Any],
+    cross: bool = True,
+    ctx: Any = None,
+    names: Sequence[str] = ("nngp", "ntk"),
 ) -> dict[str, dict[str, np.ndarray]] | None:
-    """``{"nngp"|"ntk": {"train": (n, n), "cross": (V+T, n)}}`` from the blocks of
-    :func:`infinite_units` ("cross" only with ``cross``); None while any block is missing."""
-    parts = [(u.args, results.get(u.key)) for u in infinite_units(cfg, n, seed_index, cross)]
-    if not parts or any(r is None for _, r in parts):
+    """``{name: {"train": (n, n), "cross": (V+T, n)} for name in names}`` (``"nngp"``, ``"ntk"``)
+    from the blocks of :func:`infinite_units` ("cross" only with ``cross``); None while any
+    block is missing.
+    Above ``kernel.block`` points (and with ``ctx``'s store) ``train`` is memory-mapped as the
+    eNTK's is (:func:`large_kernel`), its blocks read one at a time."""
+    units = infinite_units(cfg, n, seed_index, cross)
+    if not units or any(u.key not in results for u in units):
         return None
-    return {name: assemble([(a, r[name]) for a, r in parts], n) for name in ("nngp", "ntk")}
+    blocks = [(u.args, u.key) for u in units]
+    if n <= cfg.kernel.block:
+        parts = [(a, results[k]) for a, k in blocks]
+        return {name: assemble([(a, r[name]) for a, r in parts], n) for name in names}
+    return {
+        name: large_kernel(ctx, blocks, lambda key, name=name: results[key][name], n, name) for name in names
+    }
 
 
 def plan(cfg: Any) -> list[Unit]:
@@ -234,11 +258,10 @@ def base_rows(cfg: Any, results: dict[str, Any], ctx: Any) -> list[dict]:
     grid, n_max, w = cfg.data.n_grid(), cfg.data.n_max, cfg.arch.width
     rows: list[dict] = []
     for i in range(cfg.seeds):
-        inf = infinite_result(cfg, n_max, i, results) if {"ntk", "nngp"} & set(cfg.methods) else None
-        if inf is not None:
-            for m in ("ntk", "nngp"):
-                if m in cfg.methods:
-                    rows += kernel_rows(cfg, ctx, m, inf[m], i, 0, grid)
+        wanted = [m for m in ("ntk", "nngp") if m in cfg.methods]
+        inf = infinite_result(cfg, n_max, i, results, ctx=ctx, names=wanted) if wanted else None
+        for m in wanted if inf is not None else []:
+            rows += kernel_rows(cfg, ctx, m, inf[m], i, 0, grid)
         k = entk_result(cfg, ctx, cfg.arch, n_max, i, results) if "entk" in cfg.methods else None
         if k is not None:
             rows += kernel_rows(cfg, ctx, "entk", k, i, w, grid)

@@ -281,7 +281,7 @@ def analyze(cfg: WidthScalingConfig, results: dict[str, Any], ctx: Any) -> tuple
     spec = reference(cfg)
     ntk_probe: dict[int, np.ndarray] = {}
     for i in range(cfg.seeds):
-        ref = infinite_result(cfg, spec[0], i, results, spec[1]) if spec is not None else None
+        ref = infinite_result(cfg, spec[0], i, results, spec[1], ctx) if spec is not None else None
         if ref is not None and spec[1]:
             for m in ("ntk", "nngp"):
                 if m in cfg.methods:

@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +23,19 @@ from ntklab import experiments
 from ntklab.arch.factory import check_output
 from ntklab.config.base import BaseExperiment
 from ntklab.config.loading import to_toml
-from ntklab.errors import RunDirError
+from ntklab.errors import ResourceError, RunDirError
 from ntklab.experiments.common import build_spec, init_model
 from ntklab.experiments.tidy import COLUMNS
 from ntklab.run.context import RunContext
 from ntklab.run.lease import holding
 from ntklab.run.local import LocalExecutor
 from ntklab.run.resources import Shape, check_resources
+from ntklab.run.results import StoredResults, UnreadableResult
 from ntklab.run.schedule import Outcome, with_threads
-from ntklab.run.store import CorruptEntryError, Store, atomic_write, default_store
+from ntklab.run.store import Store, atomic_write, default_store
 
 log = logging.getLogger(__name__)
+REREADS = 3  # analyses tried while large entries read during them turn out corrupt
 
 
 def default_out(cfg: BaseExperiment) -> Path:
@@ -91,27 +94,6 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write(path, buf.getvalue().encode())
 
 
-def load_results(units: list, store: Store) -> tuple[dict[str, Any], list]:
-    """Stored results of ``units`` by key, and the units whose entry was unreadable.
-
-    An unreadable (corrupt) entry is discarded with a warning, so that it is recomputed.
-    """
-    results: dict[str, Any] = {}
-    corrupt = []
-    for u in {u.key: u for u in units}.values():
-        if not store.has(u.key):
-            continue
-        try:
-            results[u.key] = store.load(u.key)
-        except (KeyError, CorruptEntryError) as exc:
-            log.warning(
-                "stored result of unit %s (%s) is unreadable (%s); recomputing it", u.label, u.key, exc
-            )
-            store.discard(u.key)
-            corrupt.append(u)
-    return results, corrupt
-
-
 def run_experiment(
     cfg: BaseExperiment,
     out: Path | None = None,
@@ -143,13 +125,22 @@ def run_experiment(
     store.clean_tmp()
     run = dict(retry_failed=retry_failed, progress=progress)
     outcome: Outcome = executor.run(units, ctx, store, **run)
-    results, corrupt = load_results(units, store)
-    if corrupt:
-        outcome.merge(executor.run(corrupt, ctx, store, **run))
-        again, _ = load_results(corrupt, store)
-        results.update(again)
-    with holding(out / ".writing.lock", store.lease_times):  # another run of this config into `out`
-        return write_outputs(cfg, out, exp, ctx, units, store, outcome, results, executor, t0)
+    for _ in range(REREADS):
+        results = StoredResults(units, store)
+        if results.corrupt:  # discarded: computed again
+            outcome.merge(executor.run(results.corrupt, ctx, store, **run))
+            results = StoredResults(units, store)
+        try:
+            with holding(out / ".writing.lock", store.lease_times):  # another run of this config into `out`
+                return write_outputs(cfg, out, exp, ctx, units, store, outcome, results, executor, t0)
+        except UnreadableResult as exc:  # a large entry read by the analysis did not check out
+            unit = next(u for u in units if u.key == exc.key)
+            log.warning("%s (unit %s); recomputing it", exc, unit.label)
+            store.discard(exc.key)
+            outcome.merge(executor.run([unit], ctx, store, **run))
+    raise ResourceError(
+        f"stored results of {cfg.experiment} stayed unreadable after {REREADS} tries; check the disk."
+    )
 
 
 def kernel_shape(cfg: BaseExperiment, ctx: RunContext) -> Shape:
@@ -166,7 +157,7 @@ def write_outputs(
     units: list,
     store: Store,
     outcome: Outcome,
-    results: dict[str, Any],
+    results: Mapping[str, Any],
     executor: Any,
     t0: float,
 ) -> dict[str, Any]:

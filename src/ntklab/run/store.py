@@ -120,6 +120,13 @@ class Store:
             return False
         return size == _HEADER.size + _HEADER.unpack(head)[2]
 
+    def size(self, key: str) -> int:
+        """Bytes of the entry of ``key`` on disk (0 when absent)."""
+        try:
+            return self.path(key).stat().st_size
+        except (FileNotFoundError, NotADirectoryError):
+            return 0
+
     def load(self, key: str) -> Any:
         """The stored result; ``KeyError`` if absent, :class:`CorruptEntryError` if unreadable."""
         try:
