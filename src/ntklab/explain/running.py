@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -97,15 +97,23 @@ def run_plan(
         with progress_bar(
             total=_count_units(plan.configs, EXPERIMENTS), desc="explain", enabled=progress
         ) as bar:
+            session = Session(
+                state,
+                inputs,
+                estimator,
+                calibration,
+                clock,
+                bar,
+                executor,
+                out_dir,
+                store,
+                summaries,
+                missing,
+                say,
+            )
             for name in EXPERIMENTS:
-                plan = _run_one(
-                    name, plan, state, inputs, estimator, calibration, clock, bar, executor,
-                    out_dir, store, summaries, missing, say,
-                )  # fmt: skip
-            plan = _top_up(
-                plan, state, inputs, estimator, calibration, clock, bar, executor,
-                out_dir, store, summaries, missing, say,
-            )  # fmt: skip
+                plan = _run_one(name, plan, session)
+            plan = _top_up(plan, session)
     finally:
         executor.close()
     ds_cfg = plan.configs.get("data-scaling")
@@ -133,100 +141,98 @@ def run_plan(
     }
 
 
-def _run_one(
-    name: str,
-    plan: Plan,
-    state: dict[str, Any],
-    inputs: Inputs,
-    estimator: Estimator,
-    calibration: Calibration,
-    clock: Clock,
-    bar: Any,
-    executor: LocalExecutor,
-    out_dir: Path,
-    store: Any,
-    summaries: dict[str, dict[str, Any]],
-    missing: Sequence[str],
-    say: Callable[[str], None],
-) -> Plan:
+@dataclass
+class Session:
+    """What every experiment of one explain run shares: its state (``explain.json``), inputs,
+    cost model, calibration, clock, progress bar, executor, output folder, unit store, the
+    summaries so far, the experiments without a module, and where messages go."""
+
+    state: dict[str, Any]
+    inputs: Inputs
+    estimator: Estimator
+    calibration: Calibration
+    clock: Clock
+    bar: Any
+    executor: LocalExecutor
+    out_dir: Path
+    store: Any
+    summaries: dict[str, dict[str, Any]]
+    missing: Sequence[str]
+    say: Callable[[str], None]
+
+    def recalibrate(self) -> CostModel:
+        """The cost model, from here on with what was measured so far (calibration factor,
+        early-stopping fraction) and forgetting which units the store held."""
+        costs = self.estimator.costs
+        costs.factor, costs.stop_fraction = self.calibration.factor, self.calibration.stop_fraction
+        self.estimator.forget()  # the units of the experiments run so far are stored now
+        return costs
+
+
+def _run_one(name: str, plan: Plan, s: Session) -> Plan:
     """Run experiment ``name`` of ``plan`` (re-planning what is left when running late);
-    returns the plan, shrunk or not. Updates ``state``, ``summaries`` and ``explain.json``."""
+    returns the plan, shrunk or not. Updates ``s.state``, ``s.summaries`` and ``explain.json``."""
     from ntklab.run.runner import run_experiment
 
-    rec = next(r for r in state["experiments"] if r["name"] == name)
-    costs = estimator.costs
-    costs.factor = calibration.factor  # estimates from here on use what was measured so far
-    costs.stop_fraction = calibration.stop_fraction
-    estimator.forget()  # the units of the experiments run so far are stored now
-    left = clock.left() - REPORT_RESERVE_S
-    resumed = (out_dir / name / "run.json").is_file()  # ran before: keep its config (same unit keys)
+    rec = next(r for r in s.state["experiments"] if r["name"] == name)
+    costs = s.recalibrate()
+    left = s.clock.left() - REPORT_RESERVE_S
+    resumed = (s.out_dir / name / "run.json").is_file()  # ran before: keep its config (same unit keys)
     if name != "data-scaling" and not resumed and "data-scaling" in plan.configs:
-        plan = _adjust(name, plan, state, inputs, estimator, left, bar, say)
+        plan = _adjust(name, plan, s.state, s.inputs, s.estimator, left, s.bar, s.say)
     if name not in plan.configs:
         note = (
-            "no module in this install" if name in missing else f"not enough time left ({max(left, 0):.0f} s)"
+            "no module in this install"
+            if name in s.missing
+            else f"not enough time left ({max(left, 0):.0f} s)"
         )
         rec.update(status="skipped", note=note)
         return plan
     remaining = [n for n in EXPERIMENTS[EXPERIMENTS.index(name) :] if n in plan.configs]
-    est = estimator({n: plan.configs[n] for n in remaining}, set(_done_keys(plan, name)))
+    est = s.estimator({n: plan.configs[n] for n in remaining}, set(_done_keys(plan, name)))
     cfg = plan.configs[name]
-    state["plan_configs"][name] = cfg_json(cfg)
+    s.state["plan_configs"][name] = cfg_json(cfg)
     rec.update(status="running", estimated_s=round(est.get(name, 0.0), 1))
-    save_state(out_dir, state)
+    save_state(s.out_dir, s.state)
     # this experiment's slice of the time left: in proportion to its estimate, and at least
     # 1.25 x its estimate (the later experiments are shrunk or dropped if that leaves too little)
     share = est[name] / max(sum(est.values()), 1e-9)
     time_slice = min(max(left * share, 1.25 * est[name]), left)
     raw = costs.scaled(1.0)
     analysis_s = raw.analysis(cfg) + raw.p.load_s
-    now, reserve = time.perf_counter(), analysis_s * calibration.factor
+    now, reserve = time.perf_counter(), analysis_s * s.calibration.factor
     deadline = now + time_slice - reserve
     hard = now + left - reserve  # the later experiments are shrunk or dropped if this runs late
-    workers = executor.workers
-    guard = BudgetGuard(cfg, costs, deadline, calibration, bar, store, workers, hard, now + left)
-    executor.budget = guard
+    workers = s.executor.workers
+    guard = BudgetGuard(cfg, costs, deadline, s.calibration, s.bar, s.store, workers, hard, now + left)
+    s.executor.budget = guard
     t0 = time.perf_counter()
     try:
-        summary = run_experiment(cfg, out_dir / name, executor=executor, store=store, progress=False)
+        summary = run_experiment(cfg, s.out_dir / name, executor=s.executor, store=s.store, progress=False)
     except NtkLabError:
         raise
     except Exception as exc:  # noqa: BLE001 - one experiment's bug must not lose the others
         msg = f"{type(exc).__name__}: {exc}"
         rec.update(status="failed", note=msg, seconds=round(time.perf_counter() - t0, 1))
-        state["notes"].append(f"{name}: failed with {msg}")
-        save_state(out_dir, state)
+        s.state["notes"].append(f"{name}: failed with {msg}")
+        save_state(s.out_dir, s.state)
         return plan
     secs = time.perf_counter() - t0
     if guard.unit_seconds > 0:
-        calibration.add(analysis_s, max(0.0, secs - guard.unit_seconds / max(workers, 1)))
-    summaries[name] = summary
+        s.calibration.add(analysis_s, max(0.0, secs - guard.unit_seconds / max(workers, 1)))
+    s.summaries[name] = summary
     rec.update(
         status="partial" if guard.skipped else "done",
         seconds=round(secs, 1),
         skipped_units=guard.skipped,
         failed_units=len(summary.get("failed_units", [])),
     )
-    state["seconds"] = round(clock.elapsed(), 1)
-    save_state(out_dir, state)
+    s.state["seconds"] = round(s.clock.elapsed(), 1)
+    save_state(s.out_dir, s.state)
     return plan
 
 
-def _top_up(
-    plan: Plan,
-    state: dict[str, Any],
-    inputs: Inputs,
-    estimator: Estimator,
-    calibration: Calibration,
-    clock: Clock,
-    bar: Any,
-    executor: LocalExecutor,
-    out_dir: Path,
-    store: Any,
-    summaries: dict[str, dict[str, Any]],
-    missing: Sequence[str],
-    say: Callable[[str], None],
-) -> Plan:
+def _top_up(plan: Plan, s: Session) -> Plan:
     """Spend the time left after every experiment on more repetitions of data scaling.
 
     Each repetition is a new data draw and initialization, so the exponents' CIs narrow.
@@ -236,51 +242,50 @@ def _top_up(
     estimates leave room (they err on the slow side). Not when the user set ``seeds``.
     """
     name = "data-scaling"
-    if name not in summaries or name not in plan.configs or get_dotted(inputs.base, "seeds") is not MISSING:
+    if (
+        name not in s.summaries
+        or name not in plan.configs
+        or get_dotted(s.inputs.base, "seeds") is not MISSING
+    ):
         return plan
     for _ in range(TOP_UP_ROUNDS):
         cfg = plan.configs[name]
-        costs = estimator.costs
-        costs.factor, costs.stop_fraction = calibration.factor, calibration.stop_fraction
-        estimator.forget()
-        left = clock.left() - REPORT_RESERVE_S
+        s.recalibrate()
+        left = s.clock.left() - REPORT_RESERVE_S
         grown = None
         for seeds in range(cfg.seeds + 1, TOP_UP_MAX_SEEDS + 1):
             bigger = validate({**cfg.model_dump(mode="json"), "seeds": seeds})
-            if estimator({name: bigger})[name] > LATE_SAFETY * left:
+            if s.estimator({name: bigger})[name] > LATE_SAFETY * left:
                 break
             grown = bigger
         if grown is None:
             break
-        say(f"{max(left, 0):.0f} s left: data scaling grows from {cfg.seeds} to {grown.seeds} repetitions")
-        bar.total += _count_units({name: grown}, [name]) - _count_units({name: cfg}, [name])
-        bar.refresh()
+        s.say(f"{max(left, 0):.0f} s left: data scaling grows from {cfg.seeds} to {grown.seeds} repetitions")
+        s.bar.total += _count_units({name: grown}, [name]) - _count_units({name: cfg}, [name])
+        s.bar.refresh()
         plan = replace(plan, configs={**plan.configs, name: grown})
-        state["plan"] = plan.describe()
-        done = next(r for r in state["experiments"] if r["name"] == name)
+        s.state["plan"] = plan.describe()
+        done = next(r for r in s.state["experiments"] if r["name"] == name)
         before = float(done.get("seconds", 0.0))
         # the run folder of fewer seeds stays aside until the larger run has its summary
-        folder, aside = out_dir / name, out_dir / f".{name}.fewer-seeds"
+        folder, aside = s.out_dir / name, s.out_dir / f".{name}.fewer-seeds"
         shutil.rmtree(aside, ignore_errors=True)
         folder.rename(aside)
-        kept = summaries[name]
-        plan = _run_one(
-            name, plan, state, inputs, estimator, calibration, clock, bar, executor,
-            out_dir, store, summaries, missing, say,
-        )  # fmt: skip
+        kept = s.summaries[name]
+        plan = _run_one(name, plan, s)
         if done["status"] == "failed":  # keep what the smaller run found
             shutil.rmtree(folder, ignore_errors=True)
             aside.rename(folder)
             plan = replace(plan, configs={**plan.configs, name: cfg})
-            state["plan_configs"][name] = cfg_json(cfg)
-            state["plan"] = plan.describe()
+            s.state["plan_configs"][name] = cfg_json(cfg)
+            s.state["plan"] = plan.describe()
             done.update(status="done", note=f"more repetitions failed: {done.get('note', '')}")
-            summaries[name] = kept
-            save_state(out_dir, state)
+            s.summaries[name] = kept
+            save_state(s.out_dir, s.state)
             break
         shutil.rmtree(aside, ignore_errors=True)
         done["seconds"] = round(before + float(done.get("seconds", 0.0)), 1)
-        save_state(out_dir, state)
+        save_state(s.out_dir, s.state)
     return plan
 
 
