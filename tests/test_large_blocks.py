@@ -66,11 +66,30 @@ def test_blocks_assemble_to_the_single_unit_kernel(with_store: bool, tmp_path: P
     for f0 in ("f0_train", "f0_cross"):
         np.testing.assert_array_equal(got[f0], want[f0])
     assert np.array_equal(got["train"], got["train"].T)
-    if with_store:
-        assert isinstance(got["train"], np.memmap) and got["train"].dtype == np.float64
-        assert len(list((tmp_path / "kernels").glob("*.npy"))) == 1
+    if with_store:  # stored as kernel.block_dtype (float32 by default)
+        assert isinstance(got["train"], np.memmap) and got["train"].dtype == np.float32
+        assert [p.stat().st_size for p in (tmp_path / "kernels").glob("*.npy")] == [128 + 4 * N * N]
+        assert data_scaling.kernel_files(cfg, tmp_path / "kernels") == [
+            (next((tmp_path / "kernels").glob("*.npy")), 4 * N * N)
+        ]
     del results[units[-1].key]
     assert data_scaling.entk_result(cfg, ctx, cfg.arch, N, 0, results) is None
+
+
+def test_block_storage_follows_kernel_block_dtype() -> None:
+    """float32 blocks (the default) and float64 blocks are different units; float64 blocks keep
+    the keys they had before block_dtype existed (no ``dtype`` argument)."""
+    f32, f64 = config(32), config(32, "kernel.block_dtype='float64'")
+    u32, u64 = data_scaling.entk_units(f32, f32.arch, N, 0), data_scaling.entk_units(f64, f64.arch, N, 0)
+    assert [u.args.get("dtype") for u in u32[1:]] == ["float32"] * 9
+    assert all("dtype" not in u.args for u in u64)
+    assert {u.key for u in u32[1:]}.isdisjoint(u.key for u in u64[1:])
+    assert u32[0].key == u64[0].key  # f0 is not a kernel
+    ctx = RunContext(f32, progress=False)
+    k32 = u32[-1].function()(ctx, **u32[-1].args)["k"]
+    k64 = u64[-1].function()(ctx, **u64[-1].args)["k"]
+    assert (k32.dtype, k64.dtype) == (np.float32, np.float64)
+    np.testing.assert_array_equal(k32, k64.astype(np.float32))
 
 
 def rows(out: Path) -> list[dict[str, str]]:

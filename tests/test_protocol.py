@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ntklab.config import TrainConfig, load_config
+from ntklab.config import KernelConfig, TrainConfig, load_config
 from ntklab.errors import ConfigError
 from ntklab.experiments.common import regress_grid
 from ntklab.experiments.units import entk_at_init, train_network
@@ -47,11 +47,12 @@ def test_regression_with_f0_added_is_f0_plus_kernel_regression_on_the_residual(c
     s = ctx.seed_splits(0)
     k = entk_at_init(ctx, 64, 0)
     v = len(s.x_val)
-    (rec,) = regress_grid(k["train"], k["cross"], s, [64], [1e-3], None, f0=(k["f0_train"], k["f0_cross"]))
+    kc = KernelConfig(ridges=[1e-3])
+    (rec,) = regress_grid(k["train"], k["cross"], s, [64], kc, f0=(k["f0_train"], k["f0_cross"]))
     reg = KernelRegressor([1e-3]).fit(k["train"], s.y_train[:64] - k["f0_train"])
     pred = k["f0_cross"][v:] + reg.predict(k["cross"][v:])
     assert rec["test_mse"] == pytest.approx(float(((pred - s.y_test) ** 2).sum(1).mean()), rel=1e-12)
-    (plain,) = regress_grid(k["train"], k["cross"], s, [64], [1e-3], None)
+    (plain,) = regress_grid(k["train"], k["cross"], s, [64], kc)
     assert plain["test_mse"] != pytest.approx(rec["test_mse"], rel=1e-6)  # f0 is not zero
 
 

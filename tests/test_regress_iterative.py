@@ -33,7 +33,7 @@ def problem() -> dict[str, np.ndarray]:
     labels = (x[:, :3] @ [1.0, -2.0, 0.5] > 0).astype(int) + (x[:, 3] > 1)
     y = np.eye(3)[labels] - 1 / 3
     k = arccos_kernel(x, x[:n])
-    return {"k": k[:n], "k_cross": k[n:], "y": y[:n], "y_cross": y[n:]}
+    return {"k": k[:n], "k_cross": k[n:], "y": y[:n], "y_cross": y[n:], "x": x}
 
 
 def relative(a: np.ndarray, b: np.ndarray) -> float:
@@ -45,7 +45,7 @@ def test_iterative_agrees_with_dense_on_every_ridge(problem: dict) -> None:
     dense = KernelRegressor(RIDGES, solver="cholesky").fit(k, y)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # converges: no fallback, no warning
-        it = KernelRegressor(RIDGES, solver="iterative", rank=100).fit(k, y)
+        it = KernelRegressor(RIDGES, solver="iterative", rank=100, search="grid").fit(k, y)
     assert it.solver_ == "iterative" and it.info_["rank"] == 100
     assert it.scale_ == pytest.approx(dense.scale_, rel=1e-12)
     for r in RIDGES:
@@ -60,6 +60,31 @@ def test_iterative_agrees_with_dense_on_every_ridge(problem: dict) -> None:
     # of the ridges that have stopped): at most one more pass at the end
     assert max(it.iterations_.values()) <= it.info_["passes"] <= max(it.iterations_.values()) + 1
     assert it.select(kc, problem["y_cross"]) == dense.select(kc, problem["y_cross"])
+
+
+def test_descending_search_picks_the_grid_choice_without_the_small_ridges(problem: dict) -> None:
+    rng = np.random.default_rng(5)
+    k, kc, x = problem["k"], problem["k_cross"], problem["x"]
+    f = np.stack([x[:, 0] * x[:, 1], np.sin(x[:, 2])], 1)  # smooth targets: a middle ridge wins
+    y = f[:800] + 0.03 * rng.standard_normal((800, 2))
+    y_val = f[800:900]
+    grid = KernelRegressor(RIDGES, solver="cholesky").fit(k, y)
+    best = grid.select(kc[:100], y_val)
+    assert 0.0 < best < 1.0  # an interior choice, so the search has something to prove
+    it = KernelRegressor(RIDGES, solver="iterative", rank=100).fit(k, y)
+    assert it.search_ == "descending" and it.op_.passes == 0  # fit solves nothing yet
+    assert it.select(kc[:100], y_val) == best
+    solved = list(it.val_losses_)
+    assert solved == sorted(RIDGES, reverse=True)[: len(solved)]  # from the largest down
+    assert 0.0 not in solved and 1e-6 not in solved  # the slow ridges were never solved
+    # it stopped after exactly PATIENCE ridges worse than the best, or ran out of grid
+    assert len(solved) - 1 - solved.index(best) in (regress.PATIENCE, regress.PATIENCE + 1)
+    for r in solved:  # the same losses as the grid search's
+        assert it.val_losses_[r] == pytest.approx(grid.val_losses_[r], rel=1e-6)
+    # the dense solver takes the same search when asked, and grid stays the dense default
+    dense = KernelRegressor(RIDGES, solver="cholesky", search="descending").fit(k, y)
+    assert dense.select(kc[:100], y_val) == best and list(dense.val_losses_) == solved
+    assert list(grid.val_losses_) == RIDGES
 
 
 def test_float32_memmap_is_read_in_row_blocks(problem: dict, tmp_path: Path, monkeypatch) -> None:
@@ -99,7 +124,7 @@ def test_unconverged_ridge_says_so_and_falls_back_to_dense() -> None:
     k = f @ f.T  # rank 60 < n: ridgeless is singular, PCG at λ' = 0 cannot converge
     y = rng.standard_normal((400, 2))
     with pytest.warns(RuntimeWarning, match="did not converge.*densely"):
-        it = KernelRegressor([0.0, 1e-2], solver="iterative", rank=20, maxiter=50).fit(k, y)
+        it = KernelRegressor([0.0, 1e-2], solver="iterative", rank=20, maxiter=50, search="grid").fit(k, y)
     dense = KernelRegressor([0.0, 1e-2], solver="cholesky").fit(k, y)
     np.testing.assert_allclose(it.dual(0.0), dense.dual(0.0), rtol=1e-10, atol=0)
     assert it.jitter_ == dense.jitter_ > 0  # the dense ladder's jitter, reported
@@ -114,7 +139,9 @@ def test_unconverged_ridge_without_room_for_dense_is_nan_and_skipped() -> None:
     ridges = [1e-7, 1.0]
     # 1 MB cannot hold the 5.8 MB dense solve; 40 iterations cannot reach λ = 1e-7 (it takes ~80)
     with pytest.warns(RuntimeWarning, match="NaN"):
-        it = KernelRegressor(ridges, solver="iterative", memory_budget_mb=1, rank=10, maxiter=40).fit(k, y)
+        it = KernelRegressor(
+            ridges, solver="iterative", memory_budget_mb=1, rank=10, maxiter=40, search="grid"
+        ).fit(k, y)
     assert np.isnan(it.predict(k[:5], 1e-7)).all()
     assert np.isfinite(it.predict(k[:5], 1.0)).all()
     assert it.select(k[:100], y[:100]) == 1.0  # the NaN ridge is never chosen
@@ -149,7 +176,7 @@ def test_rounding_negative_eigenvalues_raise_small_ridges_to_the_same_jitter() -
     dense = KernelRegressor(RIDGES, solver="cholesky").fit(k, y)
     for r in RIDGES:
         dense.dual(r)  # no LinAlgError: λ' below the rounding is raised to a jitter
-    it = KernelRegressor(RIDGES, solver="iterative", rank=100).fit(k, y)
+    it = KernelRegressor(RIDGES, solver="iterative", rank=100, search="grid").fit(k, y)
     assert it.shifts_ == dense.shifts_
     assert it.jitter_ == dense.jitter_ == dense.shifts_[1e-6] > -s[0]  # 0 and 1e-6 share it
     assert dense.shifts_[1e-3] == 1e-3 * dense.scale_  # a ridge above the rounding is kept

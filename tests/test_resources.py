@@ -12,6 +12,11 @@ from pathlib import Path
 import pytest
 
 from ntklab.cli import main
+from ntklab.config import load_config
+from ntklab.errors import ResourceError
+from ntklab.experiments import data_scaling
+from ntklab.run.resources import HEADROOM, Shape, check_resources
+from ntklab.run.store import Store
 from tiny import tiny_sweep
 
 TINY = tiny_sweep(seeds=2, steps=20)
@@ -59,6 +64,34 @@ def test_kernels_that_do_not_fit_the_free_disk_stop_before_training(
     assert "this run needs 17 MiB of disk for its kernels in" in line, line
     assert "(1 MiB of results and 16 MiB to spare), but only 1 MiB is free there" in line
     assert entries(cache) == {}
+
+
+def test_assembled_kernel_files_count_against_the_disk_until_they_exist(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With n_max > kernel.block the analysis assembles each repetition's eNTK into a file of
+    n² float32 in the store: the check adds the files not there yet to the units' results."""
+    cfg = load_config(None, [*TINY, "kernel.block=16"])
+    store = Store(tmp_path / "cache" / "units")
+    files = data_scaling.kernel_files(cfg, store.root / "kernels")
+    assert [b for _, b in files] == [4 * 64 * 64] * 2  # one eNTK per repetition
+    units, shape = data_scaling.plan(cfg), Shape(66, 10, "trace")
+    got = check_resources(units, shape, store, 2048, files=files)
+    assert got["assembled_needs"] == 2 * 4 * 64 * 64 and got["store_needs"] > 0
+    just = got["store_needs"] + got["assembled_needs"] + HEADROOM
+    check_resources(units, shape, store, 2048, free=lambda p: just, files=files)
+    with pytest.raises(ResourceError, match="of assembled kernel files"):
+        check_resources(units, shape, store, 2048, free=lambda p: just - 1, files=files)
+    for f, _ in files:  # once assembled they cost nothing more
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"")
+    assert check_resources(units, shape, store, 2048, files=files)["assembled_needs"] == 0
+    # the runner passes them: the one-line refusal names them
+    monkeypatch.setenv("NTKLAB_CACHE_DIR", str(tmp_path / "other"))
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(2**30, 2**30 - 2**20, 2**20))
+    assert main(args(tmp_path / "run", [*TINY, "kernel.block=16"])) == 2
+    assert ", 1 MiB of assembled kernel files and 16 MiB to spare)" in one_line(capsys.readouterr().err)
 
 
 def test_a_disk_that_fills_mid_run_stops_it_and_a_rerun_resumes(

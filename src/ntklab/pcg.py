@@ -51,6 +51,7 @@ LAPACK does the small dense work (``eigh``).
 from __future__ import annotations
 
 import math
+import mmap
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,6 +63,15 @@ RANK = 2000  # preconditioner rank (capped by n / 4 and the memory budget)
 BLOCK = 200  # pivots per block of randomly pivoted Cholesky
 MAXITER = 1000
 ROW_BLOCK_BYTES = 64 * 2**20  # K is read from memmaps in row blocks of at most this many bytes
+
+
+def release(a: np.ndarray) -> None:
+    """Drop the pages of a memory-mapped ``a`` (or of the map it views) from this process's
+    resident memory; the OS keeps them cached, so reading them again is cheap. Without it a
+    pass over a kernel file larger than memory counts all of it in the process's RSS."""
+    m = getattr(a, "_mmap", None)
+    if m is not None and hasattr(mmap, "MADV_DONTNEED"):
+        m.madvise(mmap.MADV_DONTNEED)
 
 
 class KernelOperator:
@@ -89,7 +99,9 @@ class KernelOperator:
 
     def rows(self, idx: np.ndarray) -> np.ndarray:
         """K[idx, :] as float64 (idx sorted for locality in a memmap)."""
-        return np.array(self.k[np.asarray(idx)], dtype=np.float64)
+        out = np.array(self.k[np.asarray(idx)], dtype=np.float64)
+        release(self.k)
+        return out
 
     def matmul(self, x: np.ndarray) -> np.ndarray:
         """K @ x in float64 (x (n, c))."""
@@ -101,6 +113,7 @@ class KernelOperator:
             for i in range(0, self.n, self.block_rows):
                 sl = slice(i, min(i + self.block_rows, self.n))
                 out[sl] = np.asarray(self.k[sl], dtype=np.float64) @ x
+                release(self.k)
         return out
 
 

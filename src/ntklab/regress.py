@@ -27,6 +27,16 @@ meaningless, so every λ' that leaves K + λ'I not positive definite is raised t
   a λ already raised to a jitter) climbs the ladder until PCG converges, and another λ gets
   NaN predictions, which :meth:`KernelRegressor.select` skips.
 
+Choosing λ on validation data (:meth:`KernelRegressor.select`) takes one of two searches:
+
+* ``grid``: solve every λ of the grid and keep the best (the dense solvers, always).
+* ``descending``: solve the grid from the largest λ down, ``PATIENCE`` + 1 ridges first, then
+  ``PATIENCE`` at a time, and stop once the ``PATIENCE`` smallest ridges solved all have a
+  larger validation loss than the best so far. It picks the same λ as ``grid`` whenever the
+  validation loss has no second, lower minimum below ``PATIENCE`` rising steps, and it skips the
+  small ridges that cost PCG most of its iterations (a ridge 3e-6·tr K/n above the rounding
+  floor of an eNTK took 400). ``auto`` (the default) uses it with the iterative solver.
+
 ``auto`` picks ``iterative`` when the dense solve's memory (8·n² bytes for a float64 copy of K
 and as much for the factor; three times for ``eigh``) exceeds ``memory_budget_mb``, or when n
 is at least ``ITERATIVE_MIN_N``, where PCG was measured faster (benchmarks/krr_solvers.py);
@@ -54,6 +64,8 @@ DEFAULT_BUDGET_MB = 2048  # kernel.memory_budget_mb's default
 # 16384. PCG costs ~n² per pass against n³ for a factorization, so it only gains from here.
 ITERATIVE_MIN_N = 16384
 SOLVERS = ("auto", "eigh", "cholesky", "iterative")
+SEARCHES = ("auto", "grid", "descending")
+PATIENCE = 2  # the descending search stops after this many ridges in a row worse than the best
 
 
 def dense_bytes(n: int, solver: str = "cholesky") -> int:
@@ -69,6 +81,9 @@ class KernelRegressor:
     ridges : sequence of float
         Candidate λ (relative to tr K / n); :meth:`select` picks one on validation data.
     solver : {"auto", "eigh", "cholesky", "iterative"}
+    search : {"auto", "grid", "descending"}
+        How :meth:`select` searches ``ridges`` (module docstring); ``auto``: ``descending`` with
+        the iterative solver, else ``grid``.
     memory_budget_mb : int, optional
         Memory for the solve (``kernel.memory_budget_mb``; default 2048): decides ``auto`` and
         whether an unconverged iterative solve may fall back to the dense one.
@@ -96,6 +111,7 @@ class KernelRegressor:
         solver: str = "auto",
         memory_budget_mb: float | None = None,
         *,
+        search: str = "auto",
         tol: float = pcg.TOL,
         rank: int | None = None,
         maxiter: int = pcg.MAXITER,
@@ -105,6 +121,9 @@ class KernelRegressor:
         if solver not in SOLVERS:
             raise ValueError(f"solver must be one of {', '.join(map(repr, SOLVERS))}; got {solver!r}")
         self.solver = solver
+        if search not in SEARCHES:
+            raise ValueError(f"search must be one of {', '.join(map(repr, SEARCHES))}; got {search!r}")
+        self.search = search
         self.budget_bytes = float(memory_budget_mb or DEFAULT_BUDGET_MB) * 2**20
         self.tol, self.rank, self.maxiter, self.seed = float(tol), rank, int(maxiter), int(seed)
 
@@ -127,6 +146,11 @@ class KernelRegressor:
         n = k_train.shape[0]
         self.n_ = n
         self.solver_ = self.choose(n)
+        self.search_ = self.search
+        if len(set(self.ridges)) == 1:
+            self.search_ = "grid"  # one ridge: nothing to search
+        elif self.search == "auto":
+            self.search_ = "descending" if self.solver_ == "iterative" else "grid"
         self.y_ = np.asarray(y, dtype=np.float64)
         self.jitter_ = 0.0
         self.shifts_: dict[float, float] = {}
@@ -139,6 +163,7 @@ class KernelRegressor:
             self._fit_iterative()
             return self
         self.k_ = np.asarray(k_train, dtype=np.float64)
+        pcg.release(k_train)
         self.scale_ = float(np.trace(self.k_)) / n
         if self.solver_ == "eigh":
             s, v = scipy.linalg.eigh(self.k_, driver="evr")
@@ -200,14 +225,16 @@ class KernelRegressor:
         self.op_ = pcg.KernelOperator(self._k_in)
         self.scale_ = self.op_.trace / n
         grid = list(dict.fromkeys(self.ridges))
+        batch = len(grid) if self.search_ == "grid" else min(len(grid), PATIENCE + 1)
         rank = self.rank
         if rank is None:
-            rank = pcg.preconditioner_rank(n, c * len(grid), self.budget_bytes)
+            rank = pcg.preconditioner_rank(n, c * batch, self.budget_bytes)
         self.precond_ = pcg.Nystrom.from_factor(pcg.rpcholesky(self.op_, rank, self.seed))
         self.iterations_: dict[float, int] = {}
         self.residuals_: dict[float, float] = {}
         self.info_ = {"rank": self.precond_.rank, "precond_s": time.perf_counter() - t0}
-        self._solve_iterative(grid)
+        if self.search_ == "grid":
+            self._solve_iterative(grid)
         self.info_.update(total_s=time.perf_counter() - t0, passes=self.op_.passes)
 
     def _tolerances(self, y: np.ndarray) -> np.ndarray:
@@ -282,16 +309,40 @@ class KernelRegressor:
         return rows_matmul(k_cross, self.dual(self.ridge_ if ridge is None else ridge))
 
     def select(self, k_val: np.ndarray, y_val: np.ndarray) -> float:
-        """Choose λ from ``ridges`` with the lowest validation MSE; sets and returns ``ridge_``."""
-        if len(self.ridges) > 1 and len(y_val) > 0:
-            c = self.y_.shape[1]
-            pred = rows_matmul(k_val, np.concatenate([self.dual(r) for r in self.ridges], axis=1))
-            y = np.asarray(y_val, np.float64)
-            losses = [mse(pred[:, i * c : (i + 1) * c], y) for i in range(len(self.ridges))]
-            if np.all(np.isnan(losses)):
-                raise np.linalg.LinAlgError("no ridge of the grid could be solved (see the warnings)")
-            self.ridge_ = self.ridges[int(np.nanargmin(losses))]
+        """Choose λ from ``ridges`` with the lowest validation MSE by the ``search_`` (module
+        docstring); sets and returns ``ridge_``. ``val_losses_``: λ -> validation MSE of every
+        ridge solved."""
+        self.val_losses_: dict[float, float] = {}
+        if len(self.ridges) <= 1 or len(y_val) == 0:
+            return self.ridge_
+        y = np.asarray(y_val, np.float64)
+        if self.search_ == "grid":
+            self._validate(k_val, y, list(dict.fromkeys(self.ridges)))
+        else:
+            order = sorted(set(self.ridges), reverse=True)
+            step = PATIENCE + 1
+            while order:
+                todo, order = order[:step], order[step:]
+                if self.solver_ == "iterative":
+                    self._solve_iterative([r for r in todo if r not in self._duals])
+                self._validate(k_val, y, todo)
+                solved = np.nan_to_num(list(self.val_losses_.values()), nan=np.inf)
+                if len(solved) - 1 - int(np.argmin(solved)) >= PATIENCE:
+                    break
+                step = PATIENCE
+        losses = list(self.val_losses_.values())
+        if np.all(np.isnan(losses)):
+            raise np.linalg.LinAlgError("no ridge of the grid could be solved (see the warnings)")
+        self.ridge_ = list(self.val_losses_)[int(np.nanargmin(losses))]
         return self.ridge_
+
+    def _validate(self, k_val: np.ndarray, y: np.ndarray, ridges: list[float]) -> list[float]:
+        """Validation MSE of ``ridges`` (one pass over ``k_val``), added to ``val_losses_``."""
+        c = self.y_.shape[1]
+        pred = rows_matmul(k_val, np.concatenate([self.dual(r) for r in ridges], axis=1))
+        losses = [mse(pred[:, i * c : (i + 1) * c], y) for i in range(len(ridges))]
+        self.val_losses_.update(zip(ridges, losses))
+        return losses
 
 
 def rows_matmul(k: np.ndarray, d: np.ndarray) -> np.ndarray:
@@ -304,6 +355,7 @@ def rows_matmul(k: np.ndarray, d: np.ndarray) -> np.ndarray:
     out = np.empty((k.shape[0], d.shape[1]))
     for i in range(0, k.shape[0], rows):
         out[i : i + rows] = np.asarray(k[i : i + rows], dtype=np.float64) @ d
+        pcg.release(k)
     return out
 
 

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import difflib
 import math
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+if TYPE_CHECKING:
+    from ntklab.regress import KernelRegressor
 
 PositiveInt = Annotated[int, Field(ge=1)]
 DATASETS = ("mnist1d", "digits", "cifar10", "cifar5m", "svhn", "mnist", "fashion-mnist", "npz")
@@ -146,7 +149,20 @@ class KernelConfig(Section):
     memory_budget_mb: Annotated[int, Field(ge=16)] = 2048
     ridges: list[Ridge] = [0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0]  # λ in λ·tr(K)/n
     ridge: Ridge | None = None  # fixed λ; None chooses from `ridges` on the validation split
+    # how `ridges` are searched: "grid" solves all; "descending" from the largest down, stopping
+    # once two in a row are worse than the best; "auto": descending for the iterative solver
+    ridge_search: Literal["auto", "grid", "descending"] = "auto"
     block: Annotated[int, Field(ge=16)] = 8192  # eNTK of more points: blocks of this side
+    # storage of the blocks of a kernel on more than `block` points (and its assembled file);
+    # the regression accumulates in float64 either way
+    block_dtype: Literal["float32", "float64"] = "float32"
+
+    def regressor(self) -> KernelRegressor:
+        """The kernel ridge regression these settings describe (:class:`~ntklab.regress.KernelRegressor`)."""
+        from ntklab.regress import KernelRegressor
+
+        ridges = self.ridges if self.ridge is None else [self.ridge]
+        return KernelRegressor(ridges, memory_budget_mb=self.memory_budget_mb, search=self.ridge_search)
 
 
 class FitConfig(Section):

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from ntklab.pcg import release
+
 
 def spans(n: int, block: int) -> list[tuple[int, int]]:
     """[(0, b), (b, 2b), ..., (., n)]: the row/column blocks of n points."""
@@ -70,6 +72,13 @@ def assemble(
     return out
 
 
+def kernel_file(folder: Path, keys: list[str], name: str = "") -> Path:
+    """The file in ``folder`` that :func:`memmap_kernel` assembles from the blocks with unit
+    ``keys`` (``name``: which kernel of the blocks)."""
+    digest = hashlib.sha256("\n".join([name, *sorted(keys)]).encode()).hexdigest()[:24]
+    return folder / f"{digest}.npy"
+
+
 def memmap_kernel(
     folder: Path,
     blocks: list[tuple[dict[str, Any], str]],
@@ -86,12 +95,11 @@ def memmap_kernel(
     name, then renamed), and reused by every later analysis of the same blocks without reading
     them again. K(val+test, train) is assembled in memory.
     """
-    digest = hashlib.sha256("\n".join([name, *sorted(k for _, k in blocks)]).encode()).hexdigest()[:24]
-    path = folder / f"{digest}.npy"
+    path = kernel_file(folder, [k for _, k in blocks], name)
     cross = assemble([(a, load(k)) for a, k in blocks if a["part"] == "cross"], n)
     if not path.exists():
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".tmp-{digest}-{os.getpid()}.npy"
+        tmp = folder / f".tmp-{path.stem}-{os.getpid()}.npy"
         mm = None
         for a, k in blocks:
             if a["part"] != "train":
@@ -101,6 +109,8 @@ def memmap_kernel(
                 mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=b.dtype, shape=(n, n, *b.shape[2:]))
             assemble([(a, b)], n, mm)
             del b
+            mm.flush()
+            release(mm)  # written pages go to the file, not the process's resident memory
         if mm is None:
             raise ValueError("memmap_kernel needs at least one block of K(train, train)")
         mm.flush()

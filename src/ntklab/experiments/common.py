@@ -12,10 +12,10 @@ from torch import nn
 from ntklab.arch import ZOO, Spec, from_layers
 from ntklab.arch.factory import build_user_model
 from ntklab.config.base import BaseExperiment
-from ntklab.config.sections import ArchConfig
+from ntklab.config.sections import ArchConfig, KernelConfig
 from ntklab.data.prepare import Splits
 from ntklab.errors import ArchError
-from ntklab.regress import KernelRegressor, mse, zero_one
+from ntklab.regress import mse, zero_one
 from ntklab.run.units import derive_seed
 
 
@@ -147,27 +147,24 @@ def regress_grid(
     k_cross: np.ndarray,
     s: Splits,
     grid: list[int],
-    ridges: list[float],
-    ridge: float | None,
+    kernel: KernelConfig,
     f0: tuple[np.ndarray, np.ndarray] | None = None,
-    memory_budget_mb: float | None = None,
 ) -> list[dict[str, float]]:
     """Kernel regression for every n of ``grid`` by slicing one kernel.
 
     k_train (N, N) on the first N training points of ``s``; k_cross (V + T, N) validation then
     test rows. With ``f0 = (f0_train (N, K), f0_cross (V + T, K))`` the predictor is
     f0(x) + K(x, X)(K + λI)⁻¹(Y − f0(X)) (the linearized network's f0 added back), else
-    K(x, X)(K + λI)⁻¹Y. Returns one dict per n: n, test_mse, test_error, ridge, jitter.
-    ``memory_budget_mb`` (``kernel.memory_budget_mb``) lets large n use the iterative solver.
+    K(x, X)(K + λI)⁻¹Y. The ridges, their search and the memory budget (which lets large n use
+    the iterative solver) come from ``kernel`` (:meth:`KernelConfig.regressor`). Returns one
+    dict per n: n, test_mse, test_error, ridge, jitter.
     """
     v = len(s.x_val)
     k = s.y_train.shape[1]
     f0_train, f0_cross = f0 if f0 is not None else (np.zeros((len(k_train), k)), np.zeros((len(k_cross), k)))
     out = []
     for n in grid:
-        reg = KernelRegressor(
-            [ridge] if ridge is not None else ridges, memory_budget_mb=memory_budget_mb
-        ).fit(k_train[:n, :n], s.y_train[:n] - f0_train[:n])
+        reg = kernel.regressor().fit(k_train[:n, :n], s.y_train[:n] - f0_train[:n])
         reg.select(k_cross[:v, :n], s.y_val - f0_cross[:v])
         pred = f0_cross[v:] + reg.predict(k_cross[v:, :n])
         out.append(

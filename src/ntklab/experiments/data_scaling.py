@@ -19,6 +19,7 @@ mean predictor, f0 = 0).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -26,7 +27,7 @@ from pydantic import model_validator
 
 from ntklab.config.base import SCALING_TRAIN, BaseExperiment
 from ntklab.config.sections import ArchConfig, TrainConfig
-from ntklab.experiments.blocks import assemble, block_args, memmap_kernel
+from ntklab.experiments.blocks import assemble, block_args, kernel_file, memmap_kernel
 from ntklab.experiments.common import arch_arg, arch_label, regress_grid, unit_reads
 from ntklab.experiments.tidy import row, rows_from, scaling_summary, seed_means, training_summary
 from ntklab.experiments.units import NETWORK_METRICS
@@ -109,9 +110,16 @@ def entk_units(cfg: Any, arch: ArchConfig, n: int, seed_index: int) -> list[Unit
     base = {"seed_index": seed_index, "arch": arch_arg(arch)}
     f0 = Unit("entk", f"{U}:entk_outputs", {**base, "n": n}, reads, label=f"eNTK f0 n={n} {tag}")
     return [f0] + [
-        Unit("entk", f"{U}:entk_block", {**base, **a}, reads, label=f"eNTK {tag} {label}")
+        Unit("entk", f"{U}:entk_block", {**base, **a, **storage(cfg, n)}, reads, label=f"eNTK {tag} {label}")
         for a, label in block_args(n, cfg.kernel.block)
     ]
+
+
+def storage(cfg: Any, n: int) -> dict[str, str]:
+    """``{"dtype": kernel.block_dtype}`` for the blocks of a kernel on n > ``kernel.block``
+    points (assembled in a file on disk) unless that is float64, else {} (float64, in memory)."""
+    dtype = cfg.kernel.block_dtype
+    return {"dtype": dtype} if n > cfg.kernel.block and dtype != "float64" else {}
 
 
 def entk_result(
@@ -160,7 +168,7 @@ def infinite_units(cfg: Any, n: int, seed_index: int, cross: bool = True) -> lis
         Unit(
             "infinite",
             f"{U}:infinite_block",
-            {**a, "seed_index": seed_index},
+            {**a, "seed_index": seed_index, **storage(cfg, n)},
             reads,
             version=2,
             label=f"NTK/NNGP s{seed_index} {label}",
@@ -193,6 +201,23 @@ def infinite_result(
     return {
         name: large_kernel(ctx, blocks, lambda key, name=name: results[key][name], n, name) for name in names
     }
+
+
+def kernel_files(cfg: Any, folder: Path) -> list[tuple[Path, int]]:
+    """(path, bytes) of every kernel file the analysis assembles in ``folder`` (the store's
+    ``kernels``, :func:`large_kernel`): per repetition the eNTK's and each infinite kernel's
+    K(train, train), when ``data.n_max`` exceeds ``kernel.block``; for the disk check."""
+    n = cfg.data.n_max
+    if n <= cfg.kernel.block:
+        return []
+    size = n * n * np.dtype(cfg.kernel.block_dtype).itemsize
+    files = []
+    for i in range(cfg.seeds):
+        keys = [u.key for u in infinite_units(cfg, n, i)]
+        files += [kernel_file(folder, keys, name) for name in ("nngp", "ntk") if name in cfg.methods]
+        if "entk" in cfg.methods:
+            files.append(kernel_file(folder, [u.key for u in entk_units(cfg, cfg.arch, n, i)[1:]]))
+    return [(f, size) for f in files]
 
 
 def plan(cfg: Any) -> list[Unit]:
@@ -230,10 +255,8 @@ def kernel_rows(
         kernel["cross"],
         ctx.seed_splits(seed),
         grid,
-        cfg.kernel.ridges,
-        cfg.kernel.ridge,
+        cfg.kernel,
         f0,
-        memory_budget_mb=cfg.kernel.memory_budget_mb,
     )
     return [r for rec in recs for r in rows_from(cfg.experiment, method, width, seed, rec, METRICS)]
 

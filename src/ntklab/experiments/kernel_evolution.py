@@ -133,9 +133,7 @@ def seed_series(
             b["cross"],
             s,
             kt_ns,
-            cfg.kernel.ridges,
-            cfg.kernel.ridge,
-            memory_budget_mb=cfg.kernel.memory_budget_mb,
+            cfg.kernel,
         )
         rec.update({f"nn_{k}": v for k, v in trained["nn"][t].items()})
         per.append(rec)

@@ -146,6 +146,9 @@ def fit_ranges(cfg: PretrainedKernelConfig) -> dict[str, int]:
     return {fixed_method(n0): n0 for n0 in cfg.pretrained.n0}
 
 
+kernel_files = data_scaling.kernel_files  # the same large kernels as data-scaling's, if any
+
+
 def plan(cfg: PretrainedKernelConfig) -> list[Unit]:
     """Every unit: data-scaling's (infinite kernels, eNTK at init, networks), then per
     repetition the after-kernels."""
@@ -194,9 +197,7 @@ def analyze(
                     res["cross"],
                     ctx.seed_splits(i),
                     [n],
-                    cfg.kernel.ridges,
-                    cfg.kernel.ridge,
-                    memory_budget_mb=cfg.kernel.memory_budget_mb,
+                    cfg.kernel,
                 )
                 rows += rows_from(cfg.experiment, GROW, w, i, rec, METRICS)
                 rows += pretrain_rows(cfg, GROW, res, n, i)

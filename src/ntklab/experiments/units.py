@@ -205,13 +205,14 @@ def entk_block(
     rows: list[int] | None = None,
     seed_index: int = 0,
     arch: dict[str, Any] | None = None,
+    dtype: str = "float64",
 ) -> dict[str, np.ndarray]:
     """``{"k": block}``: one block (:func:`block_points`) of the eNTK at initialization of the
-    network ``arch`` (:func:`arch_of`) of repetition ``seed_index``, float64, (r1 − r0, c1 − c0)
-    or (V + T, c1 − c0) (× C × C in ``full`` mode)."""
+    network ``arch`` (:func:`arch_of`) of repetition ``seed_index``, (r1 − r0, c1 − c0) or
+    (V + T, c1 − c0) (× C × C in ``full`` mode), stored as ``dtype`` (``kernel.block_dtype``)."""
     model = init_model(ctx, seed_index, arch_of(ctx, arch)).eval()  # BatchNorm uses its running statistics
     x1, x2 = block_points(ctx, seed_index, part, cols, rows, torch.float32)
-    return {"k": entk_kernel_fn(ctx, model)(x1, x2).cpu().numpy()}
+    return {"k": entk_kernel_fn(ctx, model)(x1, x2).cpu().numpy().astype(dtype, copy=False)}
 
 
 def entk_outputs(
@@ -223,15 +224,21 @@ def entk_outputs(
 
 
 def infinite_block(
-    ctx: Any, part: str, cols: list[int], rows: list[int] | None = None, seed_index: int = 0
+    ctx: Any,
+    part: str,
+    cols: list[int],
+    rows: list[int] | None = None,
+    seed_index: int = 0,
+    dtype: str = "float64",
 ) -> dict[str, np.ndarray]:
     """One block (:func:`block_points`) of the infinite-width NNGP and NTK of the config's
     architecture, on the training order of repetition ``seed_index`` (each repetition has its
     own data subset): (r1 − r0, c1 − c0), exactly symmetric when rows == cols, or
-    (V + T, c1 − c0). Returns ``{"nngp": block, "ntk": block}`` (float64).
+    (V + T, c1 − c0). Returns ``{"nngp": block, "ntk": block}``, computed in float64 and stored
+    as ``dtype`` (``kernel.block_dtype`` for a kernel of more than ``kernel.block`` points).
     """
     s = ctx.seed_splits(seed_index)
     spec = build_spec(ctx.cfg.arch, s.num_outputs)
     x1, x2 = block_points(ctx, seed_index, part, cols, rows, torch.float64)
     k = spec.kernel_fn(x1, x2, get=("nngp", "ntk"), memory_budget_bytes=_budget(ctx), progress=ctx.progress)
-    return {name: v.cpu().numpy() for name, v in k.items()}
+    return {name: v.cpu().numpy().astype(dtype, copy=False) for name, v in k.items()}

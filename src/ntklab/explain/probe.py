@@ -242,7 +242,6 @@ def _probe(cfg: AnyConfig, what: str, lr_fixed: bool, workers: int) -> Probe:
 
     from ntklab.experiments.tidy import row
     from ntklab.kernels.empirical import empirical_ntk
-    from ntklab.regress import KernelRegressor
     from ntklab.report.figures import scaling_figure
     from ntklab.scaling import fit_with_ci
     from ntklab.train import evaluate, train
@@ -377,7 +376,7 @@ def _probe(cfg: AnyConfig, what: str, lr_fixed: bool, workers: int) -> Probe:
     yy = rng.standard_normal((n_r + 64, max(k, 1)))
 
     def regress() -> None:
-        reg = KernelRegressor(kc.ridges if kc.ridge is None else [kc.ridge]).fit(kern[:n_r, :n_r], yy[:n_r])
+        reg = kc.regressor().fit(kern[:n_r, :n_r], yy[:n_r])
         reg.select(kern[n_r:, :n_r], yy[n_r:])
         reg.predict(kern[n_r:, :n_r])
 

@@ -1,11 +1,13 @@
 """Memory and disk a run needs, checked before any work.
 
-Kernel units hold their result (float64 kernel blocks) in memory while they compute it and
-then store it; the network trainings' results are a few numbers. Before a run trains anything,
-:func:`check_resources` estimates, from the planned units' arguments:
+Kernel units hold their result (kernel blocks, float64 unless the unit stores another
+``dtype``) in memory while they compute it and then store it; the network trainings' results
+are a few numbers. Before a run trains anything, :func:`check_resources` estimates, from the
+planned units' arguments:
 
 * the largest result one unit holds in memory, which must fit ``kernel.memory_budget_mb``;
-* the results still missing from the store, which must fit the free disk of the store.
+* the results still missing from the store, and the kernel files the analysis will assemble
+  from blocks that do not exist yet, which together must fit the free disk of the store.
 
 Either failure is one sentence with the figure the run needs. Units of an unknown function
 count as small: the estimate covers the kernel units ntklab plans.
@@ -20,12 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ntklab.errors import ResourceError
 from ntklab.kernels.empirical.mode import Mode
 from ntklab.run.store import Store
 from ntklab.run.units import Unit
 
-F64 = 8  # bytes per kernel entry
+F64 = 8  # bytes per kernel entry unless a unit says its ``dtype``
 HEADROOM = 16 * 2**20  # disk kept free beyond the estimate (manifests, failure records, the run folder)
 
 
@@ -41,6 +45,11 @@ class Shape:
     def entry(self) -> int:
         """Bytes of one (x, x') entry: C×C blocks in ``full`` mode, else one float64."""
         return F64 * Mode(self.mode, self.outputs).entries
+
+
+def _itemsize(args: dict[str, Any]) -> int:
+    """Bytes per stored number of a unit: its ``dtype`` argument's, else float64's."""
+    return np.dtype(args.get("dtype", "float64")).itemsize
 
 
 def _n(args: dict[str, Any], name: str = "n") -> int:
@@ -71,13 +80,13 @@ def _pairs(args: dict[str, Any], s: Shape) -> int:
 
 
 def _infinite(args: dict[str, Any], s: Shape) -> int:
-    """NNGP and NTK blocks (one float64 per pair, whatever the mode)."""
-    return 2 * F64 * _pairs(args, s)
+    """NNGP and NTK blocks (one number per pair, whatever the mode)."""
+    return 2 * _itemsize(args) * _pairs(args, s)
 
 
 def _entk_block(args: dict[str, Any], s: Shape) -> int:
     """One eNTK block."""
-    return s.entry * _pairs(args, s)
+    return s.entry // F64 * _itemsize(args) * _pairs(args, s)
 
 
 def _checkpoint(args: dict[str, Any], s: Shape) -> int:
@@ -123,9 +132,12 @@ def check_resources(
     store: Store,
     budget_mb: int,
     free: Callable[[Path], int] = free_bytes,
+    files: Sequence[tuple[Path, int]] = (),
 ) -> dict[str, int]:
     """Raise :class:`~ntklab.errors.ResourceError` if the run's kernels cannot fit the memory
-    budget or the store's free disk; returns the figures (bytes) otherwise."""
+    budget or the store's free disk; returns the figures (bytes) otherwise. ``files``: (path,
+    bytes) of the kernel files the analysis assembles in the store; those not there yet count
+    against its disk too."""
     sizes = {u.key: (u, result_bytes(u, shape)) for u in units}
     biggest, largest = max(sizes.values(), key=lambda p: p[1], default=(None, 0))
     if biggest is not None and largest > budget_mb * 2**20:
@@ -136,12 +148,16 @@ def check_resources(
             "or lower data.n_max."
         )
     missing = sum(b for u, b in sizes.values() if b and not store.has(u.key))
-    if missing:
+    assembled = sum(b for f, b in files if not f.exists())
+    if missing + assembled:
         have = free(store.root)
-        if missing + HEADROOM > have:
+        if missing + assembled + HEADROOM > have:
+            what = f"{human(missing)} of results"
+            if assembled:
+                what += f", {human(assembled)} of assembled kernel files"
             raise ResourceError(
-                f"this run needs {human(missing + HEADROOM)} of disk for its kernels in {store.root} "
-                f"({human(missing)} of results and {human(HEADROOM)} to spare), but only {human(have)} "
+                f"this run needs {human(missing + assembled + HEADROOM)} of disk for its kernels in "
+                f"{store.root} ({what} and {human(HEADROOM)} to spare), but only {human(have)} "
                 "is free there; free some space or point NTKLAB_CACHE_DIR at a larger disk."
             )
-    return {"largest_result": largest, "store_needs": missing}
+    return {"largest_result": largest, "store_needs": missing, "assembled_needs": assembled}

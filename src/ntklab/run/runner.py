@@ -120,7 +120,8 @@ def run_experiment(
     ctx = RunContext(cfg, progress, store)
     check_inputs(cfg, ctx)
     units = exp.plan(cfg)
-    check_resources(units, kernel_shape(cfg, ctx), store, cfg.kernel.memory_budget_mb)
+    files = exp.kernel_files(cfg, store.root / "kernels") if hasattr(exp, "kernel_files") else []
+    check_resources(units, kernel_shape(cfg, ctx), store, cfg.kernel.memory_budget_mb, files=files)
     prepare_run_dir(cfg, out, store)
     store.clean_tmp()
     run = dict(retry_failed=retry_failed, progress=progress)
