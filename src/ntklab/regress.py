@@ -30,12 +30,15 @@ meaningless, so every λ' that leaves K + λ'I not positive definite is raised t
 Choosing λ on validation data (:meth:`KernelRegressor.select`) takes one of two searches:
 
 * ``grid``: solve every λ of the grid and keep the best (the dense solvers, always).
-* ``descending``: solve the grid from the largest λ down, ``PATIENCE`` + 1 ridges first, then
-  ``PATIENCE`` at a time, and stop once the ``PATIENCE`` smallest ridges solved all have a
-  larger validation loss than the best so far. It picks the same λ as ``grid`` whenever the
-  validation loss has no second, lower minimum below ``PATIENCE`` rising steps, and it skips the
-  small ridges that cost PCG most of its iterations (a ridge 3e-6·tr K/n above the rounding
-  floor of an eNTK took 400). ``auto`` (the default) uses it with the iterative solver.
+* ``descending``: solve the grid from the largest λ down and stop at the first λ whose
+  validation loss is larger than the best so far (``PATIENCE``). It picks the same λ as
+  ``grid`` whenever the validation loss, read from the largest λ down, falls and then rises
+  (one minimum), and it skips the small ridges that cost PCG most of its iterations: on the
+  eNTK of an MLP on 16,000 MNIST-1D points λ = 1e-4 took 406 iterations against 39 for the
+  chosen λ = 0.1, and λ ≤ 1e-5 would not have converged in 1000. ``auto`` (the default) uses
+  it with the iterative solver. The ridges are solved in batches (:meth:`_next_batch`): the
+  first ``FIRST`` together, then one at a time, or all the rest together once PCG's iterations
+  stop growing as λ shrinks (on the infinite NTK every λ ≤ 1e-2 took 50 to 55).
 
 ``auto`` picks ``iterative`` when the dense solve's memory (8·n² bytes for a float64 copy of K
 and as much for the factor; three times for ``eigh``) exceeds ``memory_budget_mb``, or when n
@@ -65,7 +68,9 @@ DEFAULT_BUDGET_MB = 2048  # kernel.memory_budget_mb's default
 ITERATIVE_MIN_N = 16384
 SOLVERS = ("auto", "eigh", "cholesky", "iterative")
 SEARCHES = ("auto", "grid", "descending")
-PATIENCE = 2  # the descending search stops after this many ridges in a row worse than the best
+PATIENCE = 1  # the descending search stops after this many ridges in a row worse than the best
+FIRST = 3  # ridges the descending search solves in its first batch
+SATURATED = 1.25  # iteration growth below which it solves all remaining ridges in one batch
 
 
 def dense_bytes(n: int, solver: str = "cholesky") -> int:
@@ -320,21 +325,31 @@ class KernelRegressor:
             self._validate(k_val, y, list(dict.fromkeys(self.ridges)))
         else:
             order = sorted(set(self.ridges), reverse=True)
-            step = PATIENCE + 1
-            while order:
-                todo, order = order[:step], order[step:]
+            todo, order = order[:FIRST], order[FIRST:]
+            while todo:
                 if self.solver_ == "iterative":
-                    self._solve_iterative([r for r in todo if r not in self._duals])
+                    self._solve_iterative(todo)
                 self._validate(k_val, y, todo)
                 solved = np.nan_to_num(list(self.val_losses_.values()), nan=np.inf)
                 if len(solved) - 1 - int(np.argmin(solved)) >= PATIENCE:
                     break
-                step = PATIENCE
+                todo, order = order[: self._next_batch(order)], order[self._next_batch(order) :]
         losses = list(self.val_losses_.values())
         if np.all(np.isnan(losses)):
             raise np.linalg.LinAlgError("no ridge of the grid could be solved (see the warnings)")
         self.ridge_ = list(self.val_losses_)[int(np.nanargmin(losses))]
         return self.ridge_
+
+    def _next_batch(self, order: list[float]) -> int:
+        """How many of the remaining ridges ``order`` the descending search solves next: all of
+        them when PCG's iterations have stopped growing as the ridge shrinks (the last ridge
+        took at most ``SATURATED`` times the one before: the smaller ones cost about as much,
+        so one batch of passes over K serves them all), else one. The choice changes the cost,
+        never the ridge chosen."""
+        its = list(self.iterations_.values()) if self.solver_ == "iterative" else []
+        if len(its) >= 2 and its[-1] <= SATURATED * its[-2]:
+            return len(order)
+        return 1
 
     def _validate(self, k_val: np.ndarray, y: np.ndarray, ridges: list[float]) -> list[float]:
         """Validation MSE of ``ridges`` (one pass over ``k_val``), added to ``val_losses_``."""
