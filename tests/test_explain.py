@@ -366,6 +366,26 @@ def test_costs_grow_with_n_and_steps() -> None:
     assert CostModel(fake_probe(), factor=2.0).entk(256, 100) == pytest.approx(2 * c.entk(256, 100))
 
 
+def test_entk_blocks_cost_their_share_of_the_kernel() -> None:
+    """A kernel split into blocks (n > kernel.block) costs about what it costs whole, not the
+    whole kernel per block; the unit of f0 beside them costs one initialization."""
+    from ntklab.experiments.data_scaling import entk_units
+
+    data = {"name": "digits", "n_min": 64, "n_max": 1024, "n_val": 64, "n_test": 100}
+    cfg = ds_config(data=data, kernel={"block": 256})
+    c = CostModel(fake_probe())
+    f0, *blocks = entk_units(cfg, cfg.arch, 1024, 0)
+    assert len(blocks) == 4 + 10
+    p = fake_probe()
+    fixed = c.factor * (p.init_s + p.entk_overhead_s)  # every unit builds the network once
+    whole = c.entk(1024, 164) - fixed - c.factor * p.entk_overhead_s  # (two engine calls)
+    split = sum(c.unit(cfg, u) for u in blocks) - len(blocks) * fixed
+    # each block computes the features of its rows and columns again (2.6x the whole kernel's
+    # here, where features dominate): more than one kernel, far from 14 whole kernels
+    assert whole < split < 4 * whole
+    assert c.unit(cfg, f0) == pytest.approx(c.factor * p.init_s)
+
+
 def test_head_levels_respect_cap_pool_and_user_settings() -> None:
     heads = head_levels(fake_inputs(n_cap=300), fake_probe())
     assert max(h.n_max for h in heads) == 300 and all(h.n_max + h.n_val <= 5000 for h in heads)

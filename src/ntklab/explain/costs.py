@@ -14,6 +14,15 @@ EXPERIMENTS = ("data-scaling", "pretrained-kernel", "kernel-evolution")
 FIGURES_PER_EXPERIMENT = {"data-scaling": 1, "pretrained-kernel": 2, "kernel-evolution": 4}
 
 
+def block_pairs(a: dict, n_eval: int) -> tuple[int, int, float]:
+    """(rows, cols, pairs) of a kernel block unit's arguments (:func:`~ntklab.experiments.blocks.block_args`):
+    train[rows] x train[cols] (the triangle on the diagonal), or eval x train[cols]."""
+    c = a["cols"][1] - a["cols"][0]
+    r = n_eval if a["part"] == "cross" else a["rows"][1] - a["rows"][0]
+    pairs = c * (c + 1) / 2 if a["part"] == "train" and a["rows"] == a["cols"] else r * c
+    return r, c, pairs
+
+
 class CostModel:
     """Seconds of every unit and of every experiment, from a :class:`Probe`.
 
@@ -140,13 +149,15 @@ class CostModel:
             return self.network(cfg, a["n"], a.get("steps"), taken)
         if fn == "entk_at_init":
             return self.entk(a["n"], e)
-        if (
-            fn == "infinite_block"
-        ):  # train[rows] x train[cols] (triangle on the diagonal), or eval x train[cols]
-            c = a["cols"][1] - a["cols"][0]
-            r = e if a["part"] == "cross" else a["rows"][1] - a["rows"][0]
-            pairs = c * (c + 1) / 2 if a["part"] == "train" and a["rows"] == a["cols"] else r * c
-            return self.factor * (self.p.init_s + self.p.infinite_pair_s * pairs)
+        if fn == "infinite_block":
+            return self.factor * (self.p.init_s + self.p.infinite_pair_s * block_pairs(a, e)[2])
+        if fn == "entk_block":  # the features of both sides, then their products
+            r, c, pairs = block_pairs(a, e)
+            samples = self.feature_samples(c, 0 if a["part"] == "train" and a["rows"] == a["cols"] else r)
+            p = self.p
+            return self.factor * (p.init_s + p.entk_overhead_s + samples * p.feature_s + pairs * p.pair_s)
+        if fn == "entk_outputs":  # f0 beside the blocks: one forward pass
+            return self.factor * self.p.init_s
         if fn == "train_with_checkpoints":
             return self.train(a["n"], steps_of(a["n"]), t, evals=len(a.get("checkpoint_steps", [])) + 1)
         if fn == "kernels_at_checkpoint":
