@@ -112,9 +112,12 @@ def test_blocked_run_gives_the_unblocked_results(center: bool, tmp_path: Path) -
         assert float(rb["value"]) == pytest.approx(float(ra["value"]), rel=1e-5, abs=1e-12), ra
 
 
-def test_interrupted_blocked_run_computes_only_the_missing_blocks(tmp_path: Path) -> None:
+def test_interrupted_blocked_run_computes_only_the_missing_blocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Four of the ten eNTK units stored before the run (as a killed run leaves them): the run
-    computes the other six and the trainings, and its results equal a run from scratch."""
+    computes the other six and the trainings, and its results equal a run from scratch. The
+    regressions are kept too: a rerun's analysis solves none of them again."""
     cfg = config(32)
     store = Store(tmp_path / "units")
     ctx = RunContext(cfg, progress=False, store=store)
@@ -126,10 +129,15 @@ def test_interrupted_blocked_run_computes_only_the_missing_blocks(tmp_path: Path
     assert s["units"] == {"total": 10 + trainings, "computed": 6 + trainings, "cached": 4, "failed": 0}
     status = {u["key"]: u["this_run"] for u in json.loads((tmp_path / "run" / "units.json").read_text())}
     assert [status[u.key] for u in entk] == ["cached"] * 4 + ["computed"] * 6
+    solved: list[int] = []
+    real = data_scaling.regress_grid
+    monkeypatch.setattr(data_scaling, "regress_grid", lambda *a, **k: solved.append(1) or real(*a, **k))
     again = run_experiment(cfg, tmp_path / "again", store=store, progress=False)
-    assert again["units"]["computed"] == 0
+    assert again["units"]["computed"] == 0 and solved == []
+    assert (tmp_path / "again" / "results.csv").read_text() == (tmp_path / "run" / "results.csv").read_text()
     fresh = run_experiment(cfg, tmp_path / "fresh", store=Store(tmp_path / "fresh-units"), progress=False)
     assert fresh["units"]["computed"] == 10 + trainings
+    assert len(solved) == len(cfg.data.n_grid())  # one eNTK, every n solved once
     assert (tmp_path / "run" / "results.csv").read_text() == (tmp_path / "fresh" / "results.csv").read_text()
 
 

@@ -18,6 +18,8 @@ mean predictor, f0 = 0).
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -242,23 +244,54 @@ def f0_convention(cfg: Any) -> str:
 
 
 def kernel_rows(
-    cfg: Any, ctx: Any, method: str, kernel: dict, seed: int, width: int, grid: list[int]
+    cfg: Any,
+    ctx: Any,
+    method: str,
+    kernel: dict,
+    seed: int,
+    width: int,
+    grid: list[int],
+    source: Sequence[str] = (),
 ) -> list[dict]:
     """Regression rows of one kernel of repetition ``seed`` across the grid; under the
     ``"added"`` convention a kernel that carries the network's outputs (``f0_train``,
-    ``f0_cross``) predicts f0 + K(Y − f0)."""
+    ``f0_cross``) predicts f0 + K(Y − f0).
+
+    ``source``: the unit keys the kernel was assembled from. With them (and a store) every n's
+    regression is kept in the store (:func:`regression_key`), so an analysis interrupted after
+    hours of large regressions resumes from the ones it had finished."""
     f0 = None
     if f0_convention(cfg) == "added" and "f0_train" in kernel:
         f0 = (kernel["f0_train"], kernel["f0_cross"])
-    recs = regress_grid(
-        kernel["train"],
-        kernel["cross"],
-        ctx.seed_splits(seed),
-        grid,
-        cfg.kernel,
-        f0,
-    )
+    store = ctx.store if ctx is not None and source else None
+    recs = []
+    for n in grid:
+        key = regression_key(cfg, method, seed, n, source) if store is not None else None
+        if key is not None and store.has(key):
+            recs.append(store.load(key))
+            continue
+        (rec,) = regress_grid(kernel["train"], kernel["cross"], ctx.seed_splits(seed), [n], cfg.kernel, f0)
+        if key is not None:
+            store.save(key, rec)
+        recs.append(rec)
     return [r for rec in recs for r in rows_from(cfg.experiment, method, width, seed, rec, METRICS)]
+
+
+def regression_key(cfg: Any, method: str, seed: int, n: int, source: Sequence[str]) -> str:
+    """Store key of one regression: the kernel's units, the targets (data, run seed, repetition,
+    n), the f0 convention and every setting of the solve."""
+    what = {
+        "regression": 1,
+        "units": sorted(source),
+        "method": method,
+        "data": cfg.data.model_dump(mode="json"),
+        "seed": cfg.seed,
+        "seed_index": seed,
+        "n": n,
+        "f0": f0_convention(cfg),
+        "kernel": cfg.kernel.model_dump(mode="json"),
+    }
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
 
 NN_METRICS = (*NETWORK_METRICS, "train_loss", "best_step", "still_falling")
@@ -283,11 +316,13 @@ def base_rows(cfg: Any, results: dict[str, Any], ctx: Any) -> list[dict]:
     for i in range(cfg.seeds):
         wanted = [m for m in ("ntk", "nngp") if m in cfg.methods]
         inf = infinite_result(cfg, n_max, i, results, ctx=ctx, names=wanted) if wanted else None
+        keys = [u.key for u in infinite_units(cfg, n_max, i)]
         for m in wanted if inf is not None else []:
-            rows += kernel_rows(cfg, ctx, m, inf[m], i, 0, grid)
+            rows += kernel_rows(cfg, ctx, m, inf[m], i, 0, grid, keys)
         k = entk_result(cfg, ctx, cfg.arch, n_max, i, results) if "entk" in cfg.methods else None
         if k is not None:
-            rows += kernel_rows(cfg, ctx, "entk", k, i, w, grid)
+            keys = [u.key for u in entk_units(cfg, cfg.arch, n_max, i)]
+            rows += kernel_rows(cfg, ctx, "entk", k, i, w, grid, keys)
         for n in grid:
             r = results.get(train_unit(cfg, cfg.arch, n, i).key)
             if r is not None and "nn" in cfg.methods:
