@@ -37,6 +37,7 @@ def test_every_experiment_has_defaults(name: str) -> None:
         (["kernel.mode=diag"], ["kernel.mode", "diag"]),
         (["data.n_min=9000"], ["n_min", "n_max"]),
         (["data.name=cifar10"], ["data.path"]),
+        (["fit.n_min=4000"], ["fit.n_min = 4000", "at most 2048"]),
     ],
 )
 def test_errors_are_one_sentence_naming_the_key(override: list[str], words: list[str]) -> None:

@@ -120,3 +120,31 @@ def test_a_curve_that_bends_is_flagged() -> None:
     bump = 2.0 * n**-0.4 * noise()
     bump[:, :2] *= 1.6  # worse than the law at the two smallest n (an untrained start)
     assert not fit_with_ci(n, bump, n_boot=100).fit_ok
+
+
+def test_fit_n_min_fits_past_the_plateau() -> None:
+    """A curve on a plateau (0.65) up to n = 256 and a power law 4·n^-0.3 beyond: fitted from
+    n = 512 on (``fit.n_min``), α, its interval and the paired difference are those of the power
+    law, on 4 of 7 grid points; fitted on the whole grid, α is pulled down and the fit bends."""
+    from ntklab.config import FitConfig
+    from ntklab.experiments.tidy import differences, exponents
+
+    rng = np.random.default_rng(3)
+    n = 64.0 * 2 ** np.arange(7)
+    law = 4.0 * n**-0.3
+    law[n <= 256] = 0.65  # flat up to 256, then the law (0.62 at n = 512)
+    rows = [
+        {"method": m, "metric": "test_mse", "n": int(n[j]), "seed": s, "value": float(v)}
+        for m, scale in (("nn", 1.0), ("entk", 1.1))
+        for s, vals in enumerate(scale * law * np.exp(rng.normal(0, 0.02, size=(3, len(n)))))
+        for j, v in enumerate(vals)
+    ]
+    whole = exponents(rows, FitConfig(), seed=0)["nn"]
+    assert whole["alpha"] < 0.25 and not whole["fit_ok"]
+    fitted = exponents(rows, FitConfig(n_min=512), seed=0)
+    for m in ("nn", "entk"):
+        e = fitted[m]
+        assert (e["fit_n_min"], e["fit_n_max"]) == (512, 4096) and e["fit_ok"]
+        assert e["ci_low"] <= 0.3 <= e["ci_high"] and e["ci_high"] - e["ci_low"] < 0.05
+    d = differences(rows, FitConfig(n_min=512), seed=0)["nn-entk"]
+    assert d["fit_n_min"] == 512 and abs(d["delta"]) < 0.02  # the same law: α_nn − α_entk = 0

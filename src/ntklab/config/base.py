@@ -39,6 +39,16 @@ class BaseExperiment(Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _fit_range(self) -> BaseExperiment:
+        grid = self.data.n_grid()
+        if self.fit.n_min is not None and sum(n >= self.fit.n_min for n in grid) < 2:
+            allowed = f"at most {grid[-2]}" if len(grid) > 1 else "none (leave it unset)"
+            raise ValueError(
+                f"fit.n_min = {self.fit.n_min} leaves fewer than 2 points of the n grid {grid}; allowed: {allowed}"
+            )
+        return self
+
     @model_validator(mode="before")
     @classmethod
     def _section_defaults(cls, data: Any) -> Any:

@@ -170,5 +170,6 @@ class FitConfig(Section):
 
     metric: Literal["test_mse", "test_error"] = "test_mse"
     offset: bool = False  # fit L = a n^-α + c instead of L = a n^-α
+    n_min: Annotated[int, Field(ge=1)] | None = None  # fit n >= this only (None: the whole grid)
     bootstrap: Annotated[int, Field(ge=10, le=100_000)] = 1000
     ci: Annotated[float, Field(gt=0, lt=1)] = 0.95

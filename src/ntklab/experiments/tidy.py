@@ -53,17 +53,25 @@ def _usable(grid: np.ndarray, table: np.ndarray, n_min: int) -> np.ndarray:
     return np.all(np.isfinite(table), 0) & (np.nanmean(table, 0) > 0) & (grid >= n_min)
 
 
+def fit_floor(fit: FitConfig, method: str, min_n: dict[str, int] | None = None) -> int:
+    """Smallest n fitted for ``method``: ``fit.n_min`` (every method; below it the loss sits on
+    its small-n plateau, which a single power law would misreport) or the method's own
+    ``min_n[method]``, whichever is larger."""
+    return max(fit.n_min or 0, (min_n or {}).get(method, 0))
+
+
 def exponents(
     rows: list[dict[str, Any]], fit: FitConfig, seed: int, min_n: dict[str, int] | None = None
 ) -> dict[str, dict[str, Any]]:
     """α with its bootstrap CI, goodness of fit and fitted range (``fit_n_min``, ``fit_n_max``)
     for every method in ``rows`` (at least 2 grid points needed); ``min_n[method]`` restricts a
-    method's fit to n ≥ that value (the after-kernel pre-trained on n₀ fits n ≥ n₀)."""
+    method's fit to n ≥ that value (the after-kernel pre-trained on n₀ fits n ≥ n₀), as
+    ``fit.n_min`` does every method's (:func:`fit_floor`)."""
     out: dict[str, dict[str, Any]] = {}
     methods = sorted({r["method"] for r in rows if r["metric"] == fit.metric})
     for m in methods:
         grid, table = loss_table(rows, m, fit.metric)
-        usable = _usable(grid, table, (min_n or {}).get(m, 0))
+        usable = _usable(grid, table, fit_floor(fit, m, min_n))
         if usable.sum() < 2:
             continue
         res = fit_with_ci(
@@ -95,7 +103,7 @@ def differences(
     for m in methods:
         grid, table = loss_table(rows, m, fit.metric)
         seeds = sorted({r["seed"] for r in rows if r["method"] == m and r["metric"] == fit.metric})
-        common_n = [n for n in grid if n in ref_grid and n >= (min_n or {}).get(m, 0)]
+        common_n = [n for n in grid if n in ref_grid and n >= fit_floor(fit, m, min_n)]
         common_s = [s for s in seeds if s in ref_seeds]
         if len(common_n) < 2 or not common_s:
             continue
