@@ -86,16 +86,24 @@ def test_descending_search_picks_the_grid_choice_without_the_small_ridges(proble
     assert list(grid.val_losses_) == RIDGES
 
 
-def test_float32_memmap_is_read_in_row_blocks(problem: dict, tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize(("budget_mb", "held"), [(8, False), (2048, True)])
+def test_float32_memmap_is_read_in_row_blocks_or_held_in_float64(
+    problem: dict, tmp_path: Path, monkeypatch, budget_mb: int, held: bool
+) -> None:
+    """A float32 kernel file: read in row blocks at every pass when 8·n² bytes (5 MB here) take
+    more than half the memory budget, else read once into float64 memory; the same
+    predictions either way, those of the float64 solve of the float32 kernel."""
     monkeypatch.setattr(pcg, "ROW_BLOCK_BYTES", 100 * 8 * 800)  # 100 rows per block
     k32 = problem["k"].astype(np.float32)
     np.save(tmp_path / "k.npy", k32)
     mm = np.load(tmp_path / "k.npy", mmap_mode="r")
     y = problem["y"]
-    it = KernelRegressor([0.0, 1e-4, 1e-2], solver="iterative", rank=100).fit(mm, y)
-    assert not it.op_.direct and it.op_.block_rows == 100
-    dense = KernelRegressor([0.0, 1e-4, 1e-2], solver="cholesky").fit(k32.astype(np.float64), y)
-    for r in (0.0, 1e-4, 1e-2):  # the float64 solve of the float32 kernel, not of the original
+    ridges = [0.0, 1e-4, 1e-2]
+    it = KernelRegressor(ridges, solver="iterative", rank=100, memory_budget_mb=budget_mb).fit(mm, y)
+    assert it.op_.direct == held and it.op_.block_rows == 100
+    assert isinstance(it.op_.k, np.memmap) != held and (it.op_.k.dtype == np.float64) == held
+    dense = KernelRegressor(ridges, solver="cholesky").fit(k32.astype(np.float64), y)
+    for r in ridges:  # the float64 solve of the float32 kernel, not of the original
         assert relative(it.predict(problem["k_cross"], r), dense.predict(problem["k_cross"], r)) < 1e-6
 
 

@@ -19,7 +19,8 @@ meaningless, so every λ' that leaves K + λ'I not positive definite is raised t
 * ``iterative``: preconditioned conjugate gradients (:mod:`ntklab.pcg`): every ridge of the
   grid in one batched iteration that reads K once per step, in row blocks when K is a memmap
   (any float dtype, accumulated in float64), with a rank-r Nyström preconditioner from
-  randomly pivoted Cholesky; no n×n copy is made. Predictions agree with the exact solve to
+  randomly pivoted Cholesky; the only n×n copy it makes is a float64 one of a memmap or
+  float32 K whose 8·n² bytes take at most half the memory budget (:func:`ntklab.pcg.holds_kernel`). Predictions agree with the exact solve to
   about ``tol``·rms(y) (the stopping rule in :mod:`ntklab.pcg`). The shifts follow the
   ``cholesky`` rule, with PCG's own proof of indefiniteness (pᵀAp ≤ 0) in place of a failed
   factorization. A ridge that does not converge in ``maxiter`` iterations is said so (a
@@ -144,7 +145,8 @@ class KernelRegressor:
     def fit(self, k_train: np.ndarray, y: np.ndarray) -> KernelRegressor:
         """Prepare the solve for K(X, X) (n, n) and targets ``y`` (n, K). K is not modified.
 
-        K may be a memmap; the iterative solver reads it in row blocks without a copy.
+        K may be a memmap; the iterative solver reads it in row blocks, or once into float64
+        memory where that fits half the memory budget.
         """
         if not isinstance(k_train, np.ndarray):
             k_train = np.asarray(k_train, dtype=np.float64)
@@ -227,7 +229,7 @@ class KernelRegressor:
     def _fit_iterative(self) -> None:
         n, c = self.y_.shape[0], self.y_.shape[1]
         t0 = time.perf_counter()
-        self.op_ = pcg.KernelOperator(self._k_in)
+        self.op_ = pcg.KernelOperator(self._k_in, in_memory=pcg.holds_kernel(n, self.budget_bytes))
         self.scale_ = self.op_.trace / n
         grid = list(dict.fromkeys(self.ridges))
         batch = len(grid) if self.search_ == "grid" else min(len(grid), PATIENCE + 1)
