@@ -258,12 +258,13 @@ def kernel_rows(
     ``f0_cross``) predicts f0 + K(Y − f0).
 
     ``source``: the unit keys the kernel was assembled from. With them (and a store) every n's
-    regression is kept in the store (:func:`regression_key`), so an analysis interrupted after
-    hours of large regressions resumes from the ones it had finished."""
+    regression is kept in the store's ``regressions`` section (:func:`regression_key`), so an
+    analysis interrupted after hours of large regressions resumes from the ones it had
+    finished."""
     f0 = None
     if f0_convention(cfg) == "added" and "f0_train" in kernel:
         f0 = (kernel["f0_train"], kernel["f0_cross"])
-    store = ctx.store if ctx is not None and source else None
+    store = None if ctx is None or ctx.store is None or not source else ctx.store.section("regressions")
     recs = []
     for n in grid:
         key = regression_key(cfg, method, seed, n, source) if store is not None else None

@@ -173,6 +173,11 @@ class Store:
         """The lease to compute unit ``key``, or None while another process holds it."""
         return try_acquire(self.lease_path(key), self.lease_times.heartbeat_s)
 
+    def section(self, name: str) -> Store:
+        """A store of derived results beside the units, under ``root/name`` (``name`` is not two
+        hex digits, so its entries never mix with the units': ``root/*/*.ntk`` lists units only)."""
+        return Store(self.root / name, self.lease_times)
+
     def lease_watch(self) -> LeaseWatch:
         """A judge of other processes' leases on this store (live, or stale and broken)."""
         return LeaseWatch(self.lease_times.stale_s)
