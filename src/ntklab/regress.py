@@ -20,8 +20,9 @@ meaningless, so every λ' that leaves K + λ'I not positive definite is raised t
   grid in one batched iteration that reads K once per step, in row blocks when K is a memmap
   (any float dtype, accumulated in float64), with a rank-r Nyström preconditioner from
   randomly pivoted Cholesky; the only n×n copy it makes is a float64 one of a memmap or
-  float32 K whose 8·n² bytes take at most half the memory budget (:func:`ntklab.pcg.holds_kernel`). Predictions agree with the exact solve to
-  about ``tol``·rms(y) (the stopping rule in :mod:`ntklab.pcg`). The shifts follow the
+  float32 K whose 8·n² bytes take at most half the memory budget
+  (:func:`ntklab.pcg.holds_kernel`). Predictions agree with the exact solve to about
+  ``tol``·rms(y) (the stopping rule in :mod:`ntklab.pcg`). The shifts follow the
   ``cholesky`` rule, with PCG's own proof of indefiniteness (pᵀAp ≤ 0) in place of a failed
   factorization. A ridge that does not converge in ``maxiter`` iterations is said so (a
   warning) and solved densely if the dense solve fits the memory budget; otherwise λ = 0 (and
@@ -291,8 +292,8 @@ class KernelRegressor:
             what = f"the kernel is not positive definite even with the largest jitter for ridge {ridge:g}"
         if dense_bytes(n) <= self.budget_bytes and res.status == "stalled":
             warnings.warn(f"{what}; solving it densely instead.", RuntimeWarning, stacklevel=4)
-            if not hasattr(self, "k_"):
-                self.k_ = np.asarray(self._k_in, dtype=np.float64)
+            if not hasattr(self, "k_"):  # the operator's float64 K where it holds one, not a second copy
+                self.k_ = self.op_.k if self.op_.direct else np.asarray(self._k_in, dtype=np.float64)
             return self._cholesky_solve(ridge)
         why = (
             ""
