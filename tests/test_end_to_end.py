@@ -69,6 +69,21 @@ def test_tiny_data_scaling_run(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert main(["run", "--out", str(out), *TINY, "--set", "seeds=3"]) == 2
     assert "holds a different config" in capsys.readouterr().err
 
+    # a run directory recorded by an earlier version, whose config had no kernel.memory_budget_mb
+    # field (and so hashed differently), resumes: the field takes its default, as before it existed
+    meta = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps({**meta, "digest": "0123456789ab"}))
+    toml = (out / "config.toml").read_text()
+    assert "memory_budget_mb = 2048\n" in toml
+    (out / "config.toml").write_text(toml.replace("memory_budget_mb = 2048\n", ""))
+    assert main(["run", "--out", str(out), *TINY]) == 0
+    assert (out / "results.csv").read_text() == before
+    assert json.loads((out / "run.json").read_text())["digest"] == meta["digest"]
+    # ... but not when the record holds a value the new config changes
+    (out / "run.json").write_text(json.dumps({**meta, "digest": "0123456789ab"}))
+    assert main(["run", "--out", str(out), *TINY, "--set", "kernel.memory_budget_mb=1024"]) == 2
+    assert "holds a different config" in capsys.readouterr().err
+
 
 @pytest.mark.parametrize(
     ("args", "words"),

@@ -22,8 +22,8 @@ import torch
 from ntklab import experiments
 from ntklab.arch.factory import check_output
 from ntklab.config.base import BaseExperiment
-from ntklab.config.loading import to_toml
-from ntklab.errors import ResourceError, RunDirError
+from ntklab.config.loading import read_toml, to_toml, validate
+from ntklab.errors import ConfigError, ResourceError, RunDirError
 from ntklab.experiments.common import build_spec, init_model
 from ntklab.experiments.tidy import COLUMNS
 from ntklab.run.context import RunContext
@@ -56,15 +56,31 @@ def read_run_meta(out: Path) -> dict[str, Any] | None:
     return info
 
 
+def recorded_digest(out: Path) -> str | None:
+    """The digest of ``out/config.toml`` read by this version (None if it cannot be read).
+
+    A config recorded by an earlier version lacks the fields added since; read now, they take
+    their defaults, which keep the earlier behaviour, so the same experiment has the same digest.
+    A value the record holds is never replaced, so a changed default still counts as a change.
+    """
+    try:
+        return validate(read_toml(out / "config.toml")).digest()
+    except ConfigError:
+        return None
+
+
 def prepare_run_dir(cfg: BaseExperiment, out: Path, store: Store) -> None:
     """Create ``out`` or check that it holds this same config; never mix two configs.
 
+    The same config is the same digest, either the one ``run.json`` records or that of the
+    recorded ``config.toml`` read by this version (:func:`recorded_digest`: a run directory of an
+    earlier ntklab resumes after an upgrade that only added config fields).
     ``run.json`` is written first, so a second run of the same config starting at the same
     moment sees either nothing of this one (hidden temporary files aside) or its record.
     """
     old = read_run_meta(out)
     if old is not None:
-        if old.get("digest") != cfg.digest():
+        if cfg.digest() != old.get("digest") and cfg.digest() != recorded_digest(out):
             raise RunDirError(
                 f"run directory {out} holds a different config (digest {old.get('digest')}, this one "
                 f"{cfg.digest()}); choose another --out or remove it."
