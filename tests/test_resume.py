@@ -34,7 +34,7 @@ SWEEP = [
     "--set",
     "seeds=2",
     "--set",
-    "train.steps=300",  # long enough that an interrupt lands mid-sweep on a fast machine
+    "train.steps=100",  # ~1 s a training: the interrupt, sent once 1 unit is stored, lands mid-sweep
     "--set",
     "arch.width=8",
     "--set",
