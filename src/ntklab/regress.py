@@ -66,7 +66,8 @@ DEFAULT_BUDGET_MB = 2048  # kernel.memory_budget_mb's default
 # iterative / dense (benchmarks/krr_solvers.py): infinite NTK of an MLP 6.9 / 6.4 at n = 4096,
 # 28 / 42 at 8192, 103 / 331 at 16384; the default cnn1d's eNTK 25 / 6.4 at 4096, 106 / 62 at
 # 8192 (a ridge 3e-6·tr K/n above its rounding floor takes 400 iterations), 144 / >= 345 at
-# 16384. PCG costs ~n² per pass against n³ for a factorization, so it only gains from here.
+# 16384 (92 / >= 276 at 100 GFLOP/s fp32, 39 fp64). PCG costs ~n² per pass against n³ for a
+# factorization, so it only gains from here.
 ITERATIVE_MIN_N = 16384
 SOLVERS = ("auto", "eigh", "cholesky", "iterative")
 SEARCHES = ("auto", "grid", "descending")
