@@ -66,7 +66,7 @@ from ntklab.experiments.kernel_motion import (
     grid_motion,
     probe_kernel,
 )
-from ntklab.experiments.tidy import row
+from ntklab.experiments.tidy import fit_floor, row
 from ntklab.kernels.metrics import alignment, kernel_angle, kernel_distance, spectrum
 from ntklab.run.units import Unit
 from ntklab.scaling import fit_with_ci
@@ -319,7 +319,7 @@ def kt_exponents(cfg: KernelEvolutionConfig, series_list: Sequence[dict[str, Any
                 rec = ser["metrics"][ser["steps"].index(t)]
                 losses[i] = [_kt_at(rec, n, metric) for n in grid]
         ok = np.isfinite(np.nanmean(losses, 0)) if len(series_list) else np.zeros(len(grid), bool)
-        ok &= np.asarray(grid) >= (fc.n_min or 0)
+        ok &= np.asarray(grid) >= fit_floor(fc, "kt")
         if ok.sum() >= 2 and np.all(np.nanmean(losses[:, ok], 0) > 0):
             fit = fit_with_ci(
                 np.asarray(grid)[ok],
