@@ -50,6 +50,9 @@ def test_tiny_data_scaling_run(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert set(summary["exponents"]) == {"nn", "entk"}
     for e in summary["exponents"].values():
         assert np.isfinite(e["alpha"]) and e["ci_low"] <= e["alpha"] <= e["ci_high"]
+    # under-trained networks are said beside the exponents, and only then
+    flagged = summary["training"]["still_falling"] + summary["training"]["improving_at_end"]
+    assert ("network training: Of the networks" in printed) == bool(flagged)
     assert summary["seconds"] > 0
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))

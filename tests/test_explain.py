@@ -569,6 +569,8 @@ def test_network_check_says_why_not() -> None:
     summary["test_loss_at_n_max"] = {"nn": 0.9, "entk": 0.7}
     assert "early stopping ended training" in network_check(cfg, summary)["notes"][-1]
     assert "shortened below a useful length" in network_check(cfg, summary, short=True)["notes"][-1]
+    summary["training"]["improving_at_end"] = [{"method": "nn", "n": 256, "seed": 1}]
+    assert "validation loss was still improving" in network_check(cfg, summary)["notes"][-1]
     summary["training"]["still_falling"] = [{"method": "nn", "n": 256, "seed": 0}]
     assert "still falling" in network_check(cfg, summary)["notes"][-1]
     # early stopping kept the weights at init: the network predicts f0, whatever it is compared with

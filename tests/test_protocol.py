@@ -116,3 +116,40 @@ def test_still_falling_flags_a_dropping_loss_not_noise() -> None:
     assert TrainResult(None, history=falling, steps=1000, planned_steps=1000).still_falling
     # ended by early stopping: validation said stop, so it is not flagged
     assert not TrainResult(None, history=falling, steps=1000, planned_steps=2000).still_falling
+
+
+def test_networks_still_improving_on_validation_at_their_last_step_are_flagged() -> None:
+    from ntklab.experiments.tidy import row, training_summary
+    from ntklab.report.verdicts.comparisons import training
+
+    def net(n: int, seed: int, steps: int, best: int, falling: float = 0.0) -> list[dict]:
+        return [
+            row("data-scaling", "nn", n, 8, seed, steps, "train_loss", 0.1),
+            row("data-scaling", "nn", n, 8, seed, steps, "best_step", best),
+            row("data-scaling", "nn", n, 8, seed, steps, "still_falling", falling),
+        ]
+
+    rows = [
+        *net(512, 0, 1000, 950),  # kept weights from the last 10 %: still improving
+        *net(512, 1, 1000, 900),  # exactly at 90 %: flagged too
+        *net(1024, 0, 1000, 880),  # best before the last 10 %
+        *net(64, 0, 383, 75),  # ended by early stopping
+        *net(2048, 0, 3200, 3200, falling=1.0),
+    ]
+    tr = training_summary(rows, "rule.")
+    assert tr["improving_at_end"] == [
+        {"method": "nn", "n": 512, "seed": 0},
+        {"method": "nn", "n": 512, "seed": 1},
+        {"method": "nn", "n": 2048, "seed": 0},
+    ]
+    assert tr["still_falling"] == [{"method": "nn", "n": 2048, "seed": 0}]
+    # without early stopping on validation the kept weights are the last ones: nothing to read
+    assert training_summary(rows, "rule.", validated=False)["improving_at_end"] == []
+
+    (verdict,) = training({"training": tr})
+    assert verdict.status == "does-not-explain"
+    assert "3 kept weights from the last 10 %" in verdict.text and "n = 512 seed 1" in verdict.text
+    assert "raise train.epochs" in verdict.text
+    calm = training_summary([*net(1024, 0, 1000, 880), *net(64, 0, 383, 75)], "rule.")
+    (verdict,) = training({"training": calm})
+    assert verdict.status == "info" and calm["improving_at_end"] == calm["still_falling"] == []

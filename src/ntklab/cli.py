@@ -23,6 +23,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """``ntklab run``: plan, compute the missing units (local or Ray), analyze, print exponents."""
     from ntklab.config.loading import load_config
     from ntklab.report.exponent_table import exponent_text
+    from ntklab.report.verdicts.comparisons import training
     from ntklab.run.executors import make_executor
     from ntklab.run.runner import default_out, run_experiment
 
@@ -50,6 +51,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"  {f['unit']}: {f['error']}")
     print(f"scaling exponents of {summary['metric']} (L ~ a n^-alpha):")
     print(exponent_text(summary))
+    for v in training(summary):  # under-trained networks: said beside the exponents they bias
+        if v.status != "info":
+            print(f"{v.finding}: {v.text}")
     return 1 if summary["failed_units"] else 0
 
 

@@ -344,7 +344,7 @@ def common_summary(cfg: Any, rows: list[dict]) -> dict[str, Any]:
         "n_grid": cfg.data.n_grid(),
         "f0": f0_convention(cfg),
         "test_loss_at_n_max": seed_means(rows, "method", metric=cfg.fit.metric, n=cfg.data.n_max),
-        "training": training_summary(rows, cfg.train.rule()),
+        "training": training_summary(rows, cfg.train.rule(), cfg.train.early_stopping and cfg.data.n_val > 0),
     }
 
 

@@ -139,22 +139,40 @@ def seed_means(rows: list[dict[str, Any]], by: str, **where: Any) -> dict[Any, f
     return {k: float(np.mean(v)) for k, v in sorted(vals.items())}
 
 
-def training_summary(rows: list[dict[str, Any]], rule: str) -> dict[str, Any]:
+BEST_AT_END = 0.9  # kept weights from the last 10 % of the steps: validation still improving
+
+
+def training_summary(rows: list[dict[str, Any]], rule: str, validated: bool = True) -> dict[str, Any]:
     """How the networks (methods ``nn``, ``nn@…``) trained: the stated ``rule``, per method and n
-    the mean final training loss, steps taken and step of the kept weights, and the list of
-    networks whose training loss was still falling at the end (``still_falling``)."""
-    out: dict[str, Any] = {"rule": rule, "per_n": {}, "still_falling": []}
+    the mean final training loss and steps taken, and two lists of networks (method, n, seed):
+
+    * ``still_falling``: the training loss was still falling when the planned steps ended;
+    * ``improving_at_end``: with ``validated`` (early stopping on a validation split), the kept
+      weights are from the last ``1 − BEST_AT_END`` of the steps taken, best_step ≥
+      BEST_AT_END · steps: the validation loss was still improving when the step budget ran
+      out. (A run that early stopping ended kept weights at least ``train.patience`` of its
+      budget before its end, so it is never listed.)
+    """
+    out: dict[str, Any] = {"rule": rule, "per_n": {}, "still_falling": [], "improving_at_end": []}
     for r in rows:
         if not r["method"].split("@")[0] == "nn":
             continue
         entry = (
             out["per_n"].setdefault(r["method"], {}).setdefault(str(r["n"]), {"steps": [], "train_loss": []})
         )
+        which = {"method": r["method"], "n": r["n"], "seed": r["seed"]}
         if r["metric"] == "train_loss":
             entry["train_loss"].append(r["value"])
             entry["steps"].append(r["step"])
         if r["metric"] == "still_falling" and r["value"] > 0:
-            out["still_falling"].append({"method": r["method"], "n": r["n"], "seed": r["seed"]})
+            out["still_falling"].append(which)
+        if (
+            r["metric"] == "best_step"
+            and validated
+            and r["step"] > 0
+            and r["value"] >= BEST_AT_END * r["step"]
+        ):
+            out["improving_at_end"].append(which)
     for per in out["per_n"].values():
         for n, e in per.items():
             per[n] = {k: float(np.mean(v)) for k, v in e.items() if v}

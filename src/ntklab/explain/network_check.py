@@ -46,11 +46,11 @@ def network_check(
     nn_loss, entk_loss = losses.get("nn"), losses.get("entk")
     per_n = ((summary.get("training") or {}).get("per_n") or {}).get("nn", {}).get(str(n), {})
     steps, planned = per_n.get("steps"), cfg.train.total_steps(n)
-    falling = [
-        r
-        for r in (summary.get("training") or {}).get("still_falling", [])
-        if r.get("n") == n and r.get("method") == "nn"
-    ]
+    training = summary.get("training") or {}
+    falling, improving = (
+        [r for r in training.get(flag, []) if r.get("n") == n and r.get("method") == "nn"]
+        for flag in ("still_falling", "improving_at_end")
+    )
     notes = [f"Training rule: {rule}."]
     taken = (
         f"{steps:.0f} of {planned} planned steps on average"
@@ -80,6 +80,11 @@ def network_check(
             why = (
                 "its training loss was still falling when the planned steps ended (under-trained); give a "
                 "larger budget, or more train.epochs / train.min_steps"
+            )
+        elif improving:
+            why = (
+                "its validation loss was still improving when the planned steps ended (under-trained); give "
+                "a larger budget, or more train.epochs / train.min_steps"
             )
         elif steps is not None and steps < planned:
             why = (

@@ -168,24 +168,42 @@ def kernel_vs_network(summary: dict[str, Any], nn_key: str, kernel: str, context
     return Verdict(f"{k_label} vs network ({context})", text + bends(exps, nn_key, kernel), status)
 
 
+def _networks(which: list[dict[str, Any]]) -> str:
+    """``n = 512 seed 0, ...`` for at most six networks."""
+    where = ", ".join(f"n = {f['n']} seed {f['seed']}" for f in which[:6])
+    return where + (f" and {len(which) - 6} more" if len(which) > 6 else "")
+
+
 def training(summary: dict[str, Any]) -> list[Verdict]:
-    """How the networks were trained: the rule, and any network still improving at its end."""
+    """How the networks were trained: the rule, and any network still improving at its end
+    (training loss still falling, or validation loss still improving when the steps ran out)."""
     tr = summary.get("training") or {}
     if not tr:
         return []
-    falling = tr.get("still_falling") or []
+    falling, improving = tr.get("still_falling") or [], tr.get("improving_at_end") or []
     rule = tr.get("rule", "")
+    found = []
     if falling:
-        where = ", ".join(f"n = {f['n']} seed {f['seed']}" for f in falling[:6])
-        more = f" and {len(falling) - 6} more" if len(falling) > 6 else ""
+        found.append(
+            f"{len(falling)} ended training with the training loss still falling ({_networks(falling)})"
+        )
+    if improving:
+        found.append(
+            f"{len(improving)} kept weights from the last 10 % of their steps, the validation loss still "
+            f"improving when the step budget ran out ({_networks(improving)})"
+        )
+    if found:
         text = (
-            f"{len(falling)} network(s) ended training with the training loss still falling ({where}{more}): "
-            f"they are under-trained, so their test loss overstates what the network can do. {rule}"
+            f"Of the networks, {'; '.join(found)}: they are under-trained, so their test loss overstates "
+            f"what the network can do; raise train.epochs (or train.steps) until it stops changing. {rule}"
         )
         return [Verdict("network training", text.strip(), "does-not-explain")]
     return [
         Verdict(
-            "network training", f"Every network's training loss had stopped falling. {rule}".strip(), "info"
+            "network training",
+            f"Every network's training loss had stopped falling, and none was still improving on "
+            f"validation when its steps ran out. {rule}".strip(),
+            "info",
         )
     ]
 
